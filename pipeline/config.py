@@ -1,0 +1,123 @@
+"""params.yaml -> frozen dataclasses: the one place where parameters are typed and checked.
+
+Every default lives in params.yaml (not here): each field below is required, so a missing key, an
+unknown key or a wrong type fails loudly at load time instead of deep inside a stage.
+
+    from pipeline.config import load_params
+    p = load_params()            # params.yaml in the working directory (DVC runs stages at the root)
+    p.ingest.image_size          # -> 128
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str          # MLflow backend store, e.g. sqlite:///mlflow.db
+    experiment: str   # MLflow experiment name
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    count: int        # number of faces to draw
+    size: int         # side of the square JPEGs written (ingest resizes them)
+    seed: int
+    noise: float      # sd of the Gaussian noise added to the rating
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    source: Literal["synthetic", "facescore", "scut"]
+    path: str                      # folder with the photos and the label file
+    label_file: str | None         # relative to path; None = the source's usual file
+    image_size: int                # side of the square uint8 images stored
+    workers: int                   # decode processes; 0 = all cores
+    max_pixels: int                # larger photos are quarantined as decompression bombs
+    max_quarantine_fraction: float # the stage fails above this fraction
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    female_fraction: tuple[float, float]   # class balance bounds (min, max)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    method: Literal["stratified", "official"]
+    official_dir: str | None       # folder with train.txt / test.txt (method=official)
+    val: float                     # fraction of all rows (of the train part for official)
+    test: float                    # fraction of all rows (ignored for official)
+    seed: int
+
+
+@dataclass(frozen=True)
+class Params:
+    tracking: TrackingConfig
+    synth: SynthConfig
+    ingest: IngestConfig
+    validate: ValidateConfig
+    split: SplitConfig
+
+
+class ParamsError(ValueError):
+    """params.yaml does not match the dataclasses above."""
+
+
+def _build(tp: Any, value: Any, where: str) -> Any:
+    """Converts a YAML value to type `tp`, recursing into dataclasses; raises ParamsError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where}: expected a mapping, got {value!r}")
+        hints = typing.get_type_hints(tp)
+        unknown = set(value) - set(hints)
+        missing = set(hints) - set(value)
+        if unknown or missing:
+            raise ParamsError(f"{where}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+        return tp(**{k: _build(t, value[k], f"{where}.{k}") for k, t in hints.items()})
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _build(inner[0], value, where)
+    if origin is Literal:
+        if value not in args:
+            raise ParamsError(f"{where}: {value!r} is not one of {args}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ParamsError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_build(t, v, f"{where}[{i}]") for i, (t, v) in enumerate(zip(args, value)))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ParamsError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Reads params.yaml into a frozen `Params`; unknown, missing or mistyped keys raise ParamsError."""
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    return _build(Params, raw, "params")
+
+
+def as_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Flattens a (nested) params dataclass to {'section.key': value} for logging."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(v):
+            out.update(as_flat_dict(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,187 @@
+"""Ingest stage: photos + labels -> one uint8 array, a metadata table and a quarantine table.
+
+    python -m pipeline.ingest --out data/ingested --report reports/ingest.json
+
+Every input row ends either in `meta.parquet` (row i describes `images.npy[i]`) or in
+`quarantine.csv` with a reason; the counts reconcile (rows in = kept + quarantined, where rows in =
+label lines + image files that no label line names). The stage fails only when the quarantined
+fraction exceeds `ingest.max_quarantine_fraction`.
+
+Memory: decoded photos stream from the worker processes into a memory-mapped uint8 file, so the
+stage never holds the set as floats (or at all) in RAM.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline.preprocess import ImageError, fit_square, open_rgb
+from pipeline.sources import escapes, locate, parse_name, read_labels
+
+META_COLUMNS = ["filename", "gender", "group", "rating", "sha256", "orig_width", "orig_height"]
+QUARANTINE_COLUMNS = ["filename", "line", "reason", "detail"]
+
+
+@dataclass
+class IngestResult:
+    images: np.ndarray          # (N, S, S, 3) uint8 (a memmap when written to disk)
+    meta: pd.DataFrame          # META_COLUMNS, row i <-> images[i]
+    quarantine: pd.DataFrame    # QUARANTINE_COLUMNS
+    rows_in: int
+
+    def counts(self) -> dict[str, int]:
+        return {"rows_in": self.rows_in, "kept": len(self.meta), "quarantined": len(self.quarantine)}
+
+
+def plan(label_rows, image_dir: Path) -> tuple[list[dict], list[dict], int]:
+    """Checks label rows without decoding: -> (rows to decode, quarantine rows, rows in)."""
+    todo, bad, seen = [], [], {}
+    for r in label_rows:
+        reason = r.problem
+        parsed = None
+        if reason is None and escapes(r.filename):
+            reason = "path leaves the data folder"
+        if reason is None and (parsed := parse_name(r.filename)) is None:
+            reason = "unknown name prefix"
+        if reason is None and r.filename in seen:
+            reason = f"duplicate filename (line {seen[r.filename]} kept)"
+        if reason is None and not (image_dir / r.filename).is_file():
+            reason = "missing file"
+        if reason:
+            bad.append({"filename": r.filename, "line": r.line, "reason": reason, "detail": ""})
+            continue
+        seen[r.filename] = r.line
+        todo.append({"filename": r.filename, "line": r.line, "gender": parsed[0], "group": parsed[1],
+                     "rating": r.rating})
+    labelled = {r.filename for r in label_rows}
+    orphans = sorted(p.name for p in image_dir.iterdir() if p.is_file() and p.name not in labelled)
+    bad += [{"filename": n, "line": 0, "reason": "image without a label", "detail": ""} for n in orphans]
+    return todo, bad, len(label_rows) + len(orphans)
+
+
+def _decode(job: tuple[str, int, int]) -> tuple[np.ndarray | None, str, str, str, int, int]:
+    """Worker: path -> (array | None, reason, detail, sha256, width, height)."""
+    path, size, max_pixels = job
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        return None, "unreadable file", type(e).__name__, "", 0, 0
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        img = open_rgb(data, max_pixels)
+        return fit_square(img, size), "", "", digest, img.width, img.height
+    except ImageError as e:
+        return None, e.reason, e.detail, digest, 0, 0
+
+
+def ingest(label_rows, image_dir: Path, size: int, max_pixels: int, out_npy: Path | None = None,
+           workers: int = 1) -> IngestResult:
+    """Decodes and resizes every usable photo in parallel; quarantines the rest with a reason.
+
+    Args:
+        label_rows: `sources.LabelRow`s in file order.
+        image_dir: folder the file names are relative to.
+        size: side of the stored square images.
+        max_pixels: decompression-bomb threshold.
+        out_npy: where to write the (N, size, size, 3) array; None keeps it in memory (tests).
+        workers: decode processes.
+    """
+    todo, bad, rows_in = plan(label_rows, image_dir)
+    scratch = np.lib.format.open_memmap(out_npy.with_suffix(".tmp.npy"), "w+", np.uint8,
+                                        (max(len(todo), 1), size, size, 3)) if out_npy else \
+        np.empty((len(todo), size, size, 3), np.uint8)
+    kept = []
+    jobs = [(str(image_dir / t["filename"]), size, max_pixels) for t in todo]
+    with Pool(workers) if workers > 1 else _Inline() as pool:
+        results = pool.imap(_decode, jobs, chunksize=16)
+        for t, (arr, reason, detail, digest, w, h) in zip(todo, tqdm(results, total=len(jobs), desc="ingest")):
+            if arr is None:
+                bad.append({"filename": t["filename"], "line": t["line"], "reason": reason, "detail": detail})
+                continue
+            scratch[len(kept)] = arr
+            kept.append({**t, "sha256": digest, "orig_width": w, "orig_height": h})
+    meta = pd.DataFrame(kept, columns=META_COLUMNS + ["line"]).drop(columns="line")
+    quarantine = pd.DataFrame(bad, columns=QUARANTINE_COLUMNS).sort_values(["line", "filename"], ignore_index=True)
+    images = _finalise(scratch, len(kept), out_npy)
+    return IngestResult(images, meta, quarantine, rows_in)
+
+
+class _Inline:
+    """Pool stand-in for workers <= 1 (no process start-up, easier to debug)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def imap(fn, jobs, chunksize=1):
+        return map(fn, jobs)
+
+
+def _finalise(scratch: np.ndarray, n: int, out_npy: Path | None, chunk: int = 512) -> np.ndarray:
+    """Copies the first n rows of the scratch array to the final file in chunks (bounded memory)."""
+    if out_npy is None:
+        return scratch[:n]
+    final = np.lib.format.open_memmap(out_npy, "w+", np.uint8, (n, *scratch.shape[1:]))
+    for i in range(0, n, chunk):
+        final[i:i + chunk] = scratch[i:i + chunk]
+    final.flush()
+    tmp = Path(scratch.filename)
+    del scratch
+    tmp.unlink()
+    return final
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Ingest photos into data/ingested/")
+    ap.add_argument("--out", required=True, type=Path, help="output folder")
+    ap.add_argument("--report", required=True, type=Path, help="counts JSON (DVC metrics)")
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args()
+    from pipeline import tracking
+    from pipeline.config import load_params
+
+    params = load_params(args.params)
+    cfg = params.ingest
+    labels_path, image_dir = locate(cfg.source, cfg.path, cfg.label_file)
+    rows = read_labels(labels_path, cfg.source)
+    args.out.mkdir(parents=True, exist_ok=True)
+    workers = cfg.workers or os.cpu_count() or 1
+    res = ingest(rows, image_dir, cfg.image_size, cfg.max_pixels, args.out / "images.npy", workers)
+    res.meta.to_parquet(args.out / "meta.parquet", index=False)
+    res.quarantine.to_csv(args.out / "quarantine.csv", index=False)
+    counts = res.counts()
+    assert counts["rows_in"] == counts["kept"] + counts["quarantined"], counts
+    fraction = counts["quarantined"] / max(counts["rows_in"], 1)
+    report = {**counts, "quarantined_fraction": round(fraction, 6),
+              "by_reason": res.quarantine["reason"].value_counts().to_dict(),
+              "female": int((res.meta["gender"] == "f").sum()), "male": int((res.meta["gender"] == "m").sum())}
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"ingest: {counts['rows_in']} rows in = {counts['kept']} kept + {counts['quarantined']} quarantined"
+          f" ({fraction:.1%}); {report['female']} f / {report['male']} m; {tuple(res.images.shape)} uint8")
+    for reason, n in report["by_reason"].items():
+        print(f"  quarantined: {n:5d}  {reason}")
+    with tracking.stage_run(params, "ingest", cfg):
+        tracking.log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
+        tracking.log_table(res.meta, name=f"{cfg.source}-ingested", source=str(Path(cfg.path).resolve()))
+        tracking.log_artifacts([args.out / "quarantine.csv", args.report], "ingest")
+    if fraction > cfg.max_quarantine_fraction:
+        sys.exit(f"ingest: FAILED - {fraction:.1%} of the rows were quarantined, more than "
+                 f"ingest.max_quarantine_fraction={cfg.max_quarantine_fraction:.1%}; see {args.out / 'quarantine.csv'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""All MLflow calls of the project live here; stages call these helpers and never import mlflow.
+
+Each DVC stage opens one run with `stage_run(...)`: the backend and experiment come from
+params.yaml (`tracking`), the stage's own params are logged flattened, and the run is tagged with
+the stage, the git commit and the hash of the ingested data as recorded in dvc.lock, so a run can
+be traced back to the exact code and data that produced it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from pipeline.config import Params, as_flat_dict
+
+# No analytics traffic from any tool of the stack (this also covers child processes).
+TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "BENTOML_DO_NOT_TRACK": "true",
+                 "DO_NOT_TRACK": "1", "GX_ANALYTICS_ENABLED": "false"}
+ARTIFACT_ROOT = Path("mlartifacts")
+
+
+def _git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def data_hash(lock: Path = Path("dvc.lock")) -> str:
+    """md5 of the ingested metadata as recorded in dvc.lock (DVC updates it stage by stage)."""
+    try:
+        stages = yaml.safe_load(lock.read_text())["stages"]
+        for out in stages["ingest"]["outs"]:
+            if out["path"].endswith("meta.parquet"):
+                return out["md5"]
+    except (OSError, KeyError, TypeError):
+        pass
+    return "unknown"
+
+
+def setup(params: Params) -> None:
+    """Points MLflow at the project's backend and experiment (created with a local artifact root)."""
+    os.environ.update(TELEMETRY_OFF)
+    import mlflow
+
+    mlflow.set_tracking_uri(params.tracking.uri)
+    if mlflow.get_experiment_by_name(params.tracking.experiment) is None:
+        mlflow.create_experiment(params.tracking.experiment, artifact_location=ARTIFACT_ROOT.resolve().as_uri())
+    mlflow.set_experiment(params.tracking.experiment)
+
+
+@contextlib.contextmanager
+def stage_run(params: Params, stage: str, cfg: Any = None, tags: dict[str, str] | None = None) -> Iterator[str]:
+    """Opens the MLflow run of one stage and yields its id; logs `cfg` (a params section) flattened."""
+    setup(params)
+    import mlflow
+
+    all_tags = {"stage": stage, "git_commit": _git_commit(), "data_hash": data_hash(), **(tags or {})}
+    with mlflow.start_run(run_name=stage, tags=all_tags) as run:
+        if cfg is not None:
+            mlflow.log_params({f"{stage}.{k}": v for k, v in as_flat_dict(cfg).items()})
+        yield run.info.run_id
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_table(df, name: str, source: str, context: str = "stage") -> None:
+    """Logs a pandas table as an MLflow dataset input (name, digest, schema, source): data lineage."""
+    import mlflow
+
+    mlflow.log_input(mlflow.data.from_pandas(df, source=source, name=name), context=context)
+
+
+def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
+    """Logs files or folders (folders recursively) under `artifact_path`."""
+    import mlflow
+
+    for p in map(Path, paths):
+        if p.is_dir():
+            mlflow.log_artifacts(str(p), artifact_path=f"{artifact_path}/{p.name}" if artifact_path else p.name)
+        elif p.exists():
+            mlflow.log_artifact(str(p), artifact_path=artifact_path)
