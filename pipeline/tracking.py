@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -79,7 +80,9 @@ def log_table(df, name: str, source: str, context: str = "stage") -> None:
     """Logs a pandas table as an MLflow dataset input (name, digest, schema, source): data lineage."""
     import mlflow
 
-    mlflow.log_input(mlflow.data.from_pandas(df, source=source, name=name), context=context)
+    with warnings.catch_warnings():   # source-kind and int-schema hints that do not apply here
+        warnings.simplefilter("ignore", UserWarning)
+        mlflow.log_input(mlflow.data.from_pandas(df, source=source, name=name), context=context)
 
 
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:

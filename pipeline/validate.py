@@ -65,6 +65,8 @@ def run_suite(frame: pd.DataFrame, expectations: list, docs_dir: Path | None = N
 
     with tempfile.TemporaryDirectory() as tmp:
         context = gx.get_context(mode="file", project_root_dir=tmp)
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)   # no per-metric bars in logs
         batch = context.data_sources.add_pandas("faces").add_dataframe_asset("ingested") \
             .add_batch_definition_whole_dataframe("all")
         suite = context.suites.add(gx.ExpectationSuite(name="ingested_faces", expectations=expectations))
