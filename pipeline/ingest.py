@@ -136,7 +136,8 @@ def _finalise(scratch: np.ndarray, n: int, out_npy: Path | None, chunk: int = 51
         return scratch[:n]
     final = np.lib.format.open_memmap(out_npy, "w+", np.uint8, (n, *scratch.shape[1:]))
     for i in range(0, n, chunk):
-        final[i:i + chunk] = scratch[i:i + chunk]
+        j = min(i + chunk, n)
+        final[i:j] = scratch[i:j]
     final.flush()
     tmp = Path(scratch.filename)
     del scratch

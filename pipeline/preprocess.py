@@ -66,7 +66,7 @@ def open_rgb(src: bytes | str | Path | BinaryIO, max_pixels: int) -> Image.Image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError("decompression bomb") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        reason = "truncated image" if "truncated" in str(e) or isinstance(e, EOFError) else "corrupt image"
+        reason = "truncated image" if "truncated" in str(e).lower() or isinstance(e, EOFError) else "corrupt image"
         raise ImageError(reason, type(e).__name__) from e
 
 

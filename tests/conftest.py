@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny synthetic face sets and photos that are broken on purpose."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.tracking import TELEMETRY_OFF
+
+os.environ.update(TELEMETRY_OFF)
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = ROOT.parent / "shared" / "data" / "facescore"
+
+
+@pytest.fixture(scope="session")
+def tiny_faces(tmp_path_factory) -> Path:
+    """40 synthetic faces (64 px) in the course layout; read-only for the tests that use it."""
+    from pipeline.synth import generate
+
+    out = tmp_path_factory.mktemp("faces")
+    generate(out, count=40, size=64, seed=1, noise=0.25)
+    return out
+
+
+@pytest.fixture
+def real_data() -> Path:
+    if not (REAL_DATA / "FaceScore.csv").is_file():
+        pytest.skip(f"real photos not present at {REAL_DATA}")
+    return REAL_DATA
+
+
+def run(cmd: list[str], cwd: Path, timeout: int = 600) -> str:
+    """Runs a command with the venv's tools first on PATH; fails the test with its output."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p.stdout + p.stderr
+
+
+def copy_repo(dest: Path, params: dict) -> Path:
+    """Copies the repo's source files (what git sees, no outputs) to `dest` as a fresh git repo,
+    with `params` (section -> {key: value}) merged into its params.yaml."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dest / f)
+    raw = yaml.safe_load((dest / "params.yaml").read_text())
+    for section, values in params.items():
+        raw[section].update(values)
+    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    for stale in ("dvc.lock",):
+        (dest / stale).unlink(missing_ok=True)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    return dest
+
+
+TINY = {"synth": {"count": 48, "size": 48}, "ingest": {"image_size": 32}}

@@ -1,0 +1,102 @@
+import io
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.ingest import ingest, plan
+from pipeline.preprocess import load_uint8
+from pipeline.sources import read_labels
+
+
+def _jpeg(mode="RGB", size=(50, 40)) -> bytes:
+    buf = io.BytesIO()
+    Image.effect_noise(size, 50).convert(mode).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def messy(tmp_path):
+    """A course-layout folder with one good photo per mode and one row per kind of bad input."""
+    img = tmp_path / "images"
+    img.mkdir()
+    (tmp_path / "outside.jpg").write_bytes(_jpeg())
+    good = {"ftw1.jpg": _jpeg(), "mty2.jpg": _jpeg("L"), "fty3.jpg": _jpeg("CMYK"), "mtw4.jpg": _jpeg()}
+    for n, data in good.items():
+        (img / n).write_bytes(data)
+    bomb = io.BytesIO()
+    Image.new("L", (2000, 2000)).save(bomb, "PNG")
+    (img / "ftw10.jpg").write_bytes(b"")                              # zero bytes
+    (img / "ftw11.jpg").write_bytes(b"GIF89a but not really")          # undecodable
+    (img / "ftw12.jpg").write_bytes(_jpeg(size=(200, 200))[:600])      # truncated
+    (img / "ftw13.jpg").write_bytes(bomb.getvalue())                  # decompression bomb
+    (img / "xyz14.jpg").write_bytes(_jpeg())                          # unknown name prefix
+    (img / "mtw15.jpg").write_bytes(_jpeg())                          # no label row at all
+    (img / "mtw16.jpg").write_bytes(_jpeg())
+    (img / "mtw17.jpg").write_bytes(_jpeg())
+    labels = ["Filename,Rating", "ftw1.jpg,2.5", "mty2.jpg,1", "fty3.jpg,5", "mtw4.jpg,3.25",
+              "ftw10.jpg,3", "ftw11.jpg,3", "ftw12.jpg,3", "ftw13.jpg,3", "xyz14.jpg,3",
+              "mtw16.jpg,nan", "mtw17.jpg,5.5", "ftw1.jpg,4.0", "mtw99.jpg,2", "../outside.jpg,3"]
+    (tmp_path / "FaceScore.csv").write_text("\n".join(labels) + "\n")
+    return tmp_path
+
+
+EXPECTED_REASONS = {
+    "ftw10.jpg": "empty file", "ftw11.jpg": "not an image", "ftw12.jpg": "truncated image",
+    "ftw13.jpg": "decompression bomb", "xyz14.jpg": "unknown name prefix",
+    "mtw15.jpg": "image without a label", "mtw16.jpg": "rating is not a number",
+    "mtw17.jpg": "rating out of range (1.0, 5.0)", "mtw99.jpg": "missing file",
+    "../outside.jpg": "path leaves the data folder",
+}
+
+
+def test_every_bad_input_is_quarantined_with_its_reason_and_counts_reconcile(messy):
+    rows = read_labels(messy / "FaceScore.csv", "facescore")
+    res = ingest(rows, messy / "images", size=24, max_pixels=1_000_000)
+    q = res.quarantine
+    got = dict(zip(q["filename"], q["reason"]))
+    dup = q[(q["filename"] == "ftw1.jpg")]
+    assert dup["reason"].tolist() == ["duplicate filename (line 2 kept)"]
+    for name, reason in EXPECTED_REASONS.items():
+        assert got[name] == reason, name
+    assert sorted(res.meta["filename"]) == ["ftw1.jpg", "fty3.jpg", "mtw4.jpg", "mty2.jpg"]
+    assert res.counts() == {"rows_in": 15, "kept": 4, "quarantined": 11}
+    assert res.rows_in == len(res.meta) + len(res.quarantine)
+    assert res.meta.set_index("filename").loc["ftw1.jpg", "rating"] == 2.5    # first row wins
+
+
+def test_array_rows_match_meta_rows_and_the_shared_preprocessing(messy):
+    rows = read_labels(messy / "FaceScore.csv", "facescore")
+    res = ingest(rows, messy / "images", size=24, max_pixels=1_000_000)
+    assert res.images.shape == (4, 24, 24, 3) and res.images.dtype == np.uint8
+    for i, name in enumerate(res.meta["filename"]):
+        np.testing.assert_array_equal(res.images[i], load_uint8(messy / "images" / name, 24, 10**6))
+    m = res.meta.set_index("filename")
+    assert m.loc["mty2.jpg", ["gender", "group"]].tolist() == ["m", "asian"]
+    assert m.loc["ftw1.jpg", ["orig_width", "orig_height"]].tolist() == [50, 40]
+    assert len(m.loc["ftw1.jpg", "sha256"]) == 64
+
+
+def test_parallel_memmap_output_equals_in_memory_output(tiny_faces, tmp_path):
+    rows = read_labels(tiny_faces / "FaceScore.csv", "facescore")
+    mem = ingest(rows, tiny_faces / "images", 32, 10**6)
+    disk = ingest(rows, tiny_faces / "images", 32, 10**6, out_npy=tmp_path / "images.npy", workers=2)
+    stored = np.load(tmp_path / "images.npy")
+    np.testing.assert_array_equal(stored, mem.images)
+    assert disk.meta.equals(mem.meta) and len(disk.quarantine) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images.npy"]     # scratch file removed
+
+
+def test_plan_quarantines_without_decoding(tiny_faces, tmp_path):
+    shutil.copytree(tiny_faces / "images", tmp_path / "images")
+    rows = read_labels(tiny_faces / "FaceScore.csv", "facescore")
+    (tmp_path / "images" / rows[0].filename).unlink()
+    todo, bad, rows_in = plan(rows, tmp_path / "images")
+    assert [b["reason"] for b in bad] == ["missing file"] and len(todo) == rows_in - 1 == 39
+
+
+def test_quarantined_rows_shrink_the_stored_array(messy, tmp_path):
+    rows = read_labels(messy / "FaceScore.csv", "facescore")
+    res = ingest(rows, messy / "images", 24, 1_000_000, out_npy=tmp_path / "images.npy", workers=2)
+    assert np.load(tmp_path / "images.npy").shape == (4, 24, 24, 3) == res.images.shape

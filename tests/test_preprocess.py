@@ -1,0 +1,77 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.preprocess import MEAN, STD, ImageError, fit_square, load_uint8, open_rgb, to_tensor
+
+
+def _encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "LA", "P", "CMYK", "I;16", "1"])
+def test_every_mode_becomes_rgb(mode):
+    img = Image.new("RGB", (40, 30), (200, 100, 50)).convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    out = load_uint8(_encode(img, fmt), 16, 10**6)
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+
+
+def test_transparent_pixels_become_white():
+    img = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    assert open_rgb(_encode(img), 10**6).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 20, 20))           # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6                                     # "rotate 90 CW to display"
+    out = open_rgb(_encode(img, "JPEG", exif=exif.tobytes()), 10**6)
+    assert out.size == (20, 40)
+    assert np.asarray(out)[:10].mean() > 200 and np.asarray(out)[30:].mean() < 50   # white is now on top
+
+
+def test_fit_square_centre_crops_instead_of_squashing():
+    img = Image.new("RGB", (300, 100), (0, 0, 0))
+    img.paste((255, 255, 255), (100, 0, 200, 100))       # the white centre square survives
+    assert fit_square(img, 10).mean() > 250
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty file"),
+    (b"this is not an image at all", "not an image"),
+])
+def test_unusable_bytes(data, reason):
+    with pytest.raises(ImageError) as e:
+        open_rgb(data, 10**6)
+    assert e.value.reason == reason
+
+
+def test_truncated_jpeg_is_refused():
+    data = _encode(Image.effect_noise((256, 256), 60).convert("RGB"), "JPEG")
+    with pytest.raises(ImageError) as e:
+        open_rgb(data[: len(data) // 2], 10**6)
+    assert e.value.reason == "truncated image"
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    data = _encode(Image.new("L", (3000, 3000)), "PNG")    # compresses to a few KB
+    with pytest.raises(ImageError) as e:
+        open_rgb(data, max_pixels=1_000_000)
+    assert e.value.reason == "decompression bomb"
+
+
+def test_to_tensor_shape_range_and_normalisation():
+    batch = np.zeros((2, 8, 8, 3), np.uint8)
+    batch[1] = 255
+    x = to_tensor(batch)
+    assert x.shape == (2, 3, 8, 8) and x.dtype == torch.float32
+    assert torch.allclose(x[0], torch.full_like(x[0], (0 - MEAN[0]) / STD[0]))
+    assert torch.allclose(x[1], torch.full_like(x[1], (1 - MEAN[0]) / STD[0]))
+    assert to_tensor(batch[0]).shape == (1, 3, 8, 8)
