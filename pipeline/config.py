@@ -59,12 +59,63 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    flip: bool
+    shift: float                   # max translation, fraction of the side
+    brightness: float              # max additive change in [0, 1] pixel units
+    contrast: float                # max relative contrast change
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """How one task's model is built and trained (params.yaml: train.gender, train.rating)."""
+    arch: str                      # course | convnet | resnet (pipeline/model.py)
+    widths: tuple[int, ...]
+    dropout: float
+    aux_tasks: tuple[str, ...]     # extra heads on the same trunk (multi-task): gender/rating/group
+    aux_weight: float              # weight of each auxiliary loss
+    loss: Literal["cross_entropy", "l1", "huber", "mse"]
+    epochs: int
+    batch_size: int
+    lr: float                      # peak learning rate (one-cycle) / start (cosine)
+    weight_decay: float
+    schedule: Literal["onecycle", "cosine"]
+    patience: int                  # early stopping: epochs without a better validation metric
+    seed: int
+    augment: AugmentConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    device: Literal["auto", "cpu", "cuda"]
+    threads: int                   # CPU threads; 0 = all cores
+    gender: TaskConfig
+    rating: TaskConfig
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    tta_flip: bool                 # average the predictions for the photo and its mirror image
+    batch_size: int
+    promote: bool                  # move the registry alias `champion` when the new model is better
+
+
+@dataclass(frozen=True)
+class ParamReportConfig:
+    reference_outputs: int         # the course network is also reported with this many outputs
+    reference_size: int            # ... at this input side
+
+
+@dataclass(frozen=True)
 class Params:
     tracking: TrackingConfig
     synth: SynthConfig
     ingest: IngestConfig
     validate: ValidateConfig
     split: SplitConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    param_report: ParamReportConfig
 
 
 class ParamsError(ValueError):
@@ -92,6 +143,10 @@ def _build(tp: Any, value: Any, where: str) -> Any:
         if value not in args:
             raise ParamsError(f"{where}: {value!r} is not one of {args}")
         return value
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{where}: expected a list, got {value!r}")
+        return tuple(_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ParamsError(f"{where}: expected a list of {len(args)} values, got {value!r}")

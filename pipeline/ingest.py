@@ -104,7 +104,7 @@ def ingest(label_rows, image_dir: Path, size: int, max_pixels: int, out_npy: Pat
     jobs = [(str(image_dir / t["filename"]), size, max_pixels) for t in todo]
     with Pool(workers) if workers > 1 else _Inline() as pool:
         results = pool.imap(_decode, jobs, chunksize=16)
-        for t, (arr, reason, detail, digest, w, h) in zip(todo, tqdm(results, total=len(jobs), desc="ingest")):
+        for t, (arr, reason, detail, digest, w, h) in zip(todo, tqdm(results, total=len(jobs), desc="ingest", disable=None)):
             if arr is None:
                 bad.append({"filename": t["filename"], "line": t["line"], "reason": reason, "detail": detail})
                 continue

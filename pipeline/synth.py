@@ -14,9 +14,9 @@ deterministic and any face can be regenerated alone):
 * Group (50/50): skin tone (w: pinker/lighter, y: warmer/yellower), hair colour (w: brown, blond
   or black; y: black or dark brown), eye height (y: 25 % flatter eye ellipses).
 * Three latent traits, each uniform in [0, 1]: symmetry S (1 - S shifts the left eye, brow and a
-  mouth corner by up to 6 % of the face width), proportion P (1 - P moves the eye spacing away from
-  0.46 x face width, up to +-25 %), smoothness M (1 - M sets the count of up to 14 skin blemishes
-  and the strength of skin-texture noise).
+  mouth corner by up to 14 % of the face width), proportion P (1 - P moves the eye spacing away from
+  0.46 x face width, up to +-35 %), smoothness M (1 - M sets the count of up to 12 skin blemishes,
+  each 2.5-4.5 % of the face width, and the strength of skin-texture noise).
 * Rating = clip(1 + 4 * (0.40 S + 0.35 P + 0.25 M) + e, 1, 5), e ~ N(0, noise):
   mean 3, so "attractive" means symmetric, well-proportioned, smooth - all visible in pixels.
 * Photo jitter: background colour, head shift (+-6 %), scale (+-8 %), rotation (+-8 deg) and a
@@ -79,8 +79,8 @@ def _draw_features(d: ImageDraw.ImageDraw, face: Face, box, rng) -> None:
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     cx = (x0 + x1) / 2
-    asym = (1 - face.symmetry) * 0.06 * w * rng.choice([-1, 1])
-    spacing = 0.46 * w * (1 + (1 - face.proportion) * 0.25 * rng.choice([-1, 1]))
+    asym = (1 - face.symmetry) * 0.14 * w * rng.choice([-1, 1])
+    spacing = 0.46 * w * (1 + (1 - face.proportion) * 0.35 * rng.choice([-1, 1]))
     eye_y, eye_w = y0 + 0.42 * h, 0.10 * w
     eye_h = eye_w * (0.45 if face.group == "y" else 0.6)
     brow_t = (0.035 if face.gender == "m" else 0.018) * h * rng.uniform(0.8, 1.2)
@@ -107,10 +107,10 @@ def _draw_skin_marks(d: ImageDraw.ImageDraw, face: Face, box, skin, rng) -> None
     if face.gender == "m" and rng.random() < 0.5:
         shade = tuple(max(0, c - 45) for c in skin)
         d.chord((x0 + 0.12 * w, y0 + 0.55 * h, x1 - 0.12 * w, y1), 0, 180, fill=shade)
-    for _ in range(int(round((1 - face.smoothness) * 14))):
+    for _ in range(int(round((1 - face.smoothness) * 12))):
         bx, by = rng.uniform(x0 + 0.2 * w, x1 - 0.2 * w), rng.uniform(y0 + 0.25 * h, y1 - 0.15 * h)
-        r = rng.uniform(0.01, 0.022) * w
-        d.ellipse((bx - r, by - r, bx + r, by + r), fill=(170, 90, 80))
+        r = rng.uniform(0.025, 0.045) * w
+        d.ellipse((bx - r, by - r, bx + r, by + r), fill=(150, 70, 65))
 
 
 def render_face(face: Face, size: int, rng: np.random.Generator) -> Image.Image:

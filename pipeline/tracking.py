@@ -12,7 +12,7 @@ import os
 import subprocess
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -58,13 +58,17 @@ def setup(params: Params) -> None:
 
 
 @contextlib.contextmanager
-def stage_run(params: Params, stage: str, cfg: Any = None, tags: dict[str, str] | None = None) -> Iterator[str]:
-    """Opens the MLflow run of one stage and yields its id; logs `cfg` (a params section) flattened."""
+def stage_run(params: Params, stage: str, cfg: Any = None, tags: dict[str, str] | None = None,
+              system_metrics: bool = False) -> Iterator[str]:
+    """Opens the MLflow run of one stage and yields its id; logs `cfg` (a params section) flattened.
+
+    system_metrics: sample CPU/memory/GPU use every 10 s while the run is open (training).
+    """
     setup(params)
     import mlflow
 
     all_tags = {"stage": stage, "git_commit": _git_commit(), "data_hash": data_hash(), **(tags or {})}
-    with mlflow.start_run(run_name=stage, tags=all_tags) as run:
+    with mlflow.start_run(run_name=stage, tags=all_tags, log_system_metrics=system_metrics) as run:
         if cfg is not None:
             mlflow.log_params({f"{stage}.{k}": v for k, v in as_flat_dict(cfg).items()})
         yield run.info.run_id
@@ -94,3 +98,60 @@ def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
             mlflow.log_artifacts(str(p), artifact_path=f"{artifact_path}/{p.name}" if artifact_path else p.name)
         elif p.exists():
             mlflow.log_artifact(str(p), artifact_path=artifact_path)
+
+
+@contextlib.contextmanager
+def continue_run(params: Params, run_id: str) -> Iterator[str]:
+    """Re-opens a finished run (the evaluate stage adds test metrics to its training run)."""
+    setup(params)
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id):
+        yield run_id
+
+
+def log_torch_model(model, example_images) -> str:
+    """Logs a TaskModel with signature and a 2-photo input example (batch >= 2 keeps the batch
+    dimension dynamic in torch.export); pinned requirements skip MLflow's slow inference."""
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    from pipeline.preprocess import to_tensor
+
+    x = to_tensor(example_images).numpy()                     # (2, 3, S, S) float32
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).numpy()                # (2,)
+    info = mlflow.pytorch.log_model(model, name="model", input_example=x, signature=infer_signature(x, y),
+                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    return info.model_uri                                     # models:/m-<id> (an MLflow 3 LoggedModel)
+
+
+def register_and_promote(model_uri: str, name: str, metric: str, value: float,
+                         score_champion: Callable[[Any], float], promote: bool = True) -> dict:
+    """Registers the logged model as a new version of `name`; moves alias `champion` to it when it
+    beats the current champion, which is re-scored with `score_champion(model)` on the caller's
+    data - so both are compared on the same test split, whatever split the champion was tested on.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    version = mlflow.register_model(model_uri, name).version
+    client.set_model_version_tag(name, version, f"test_{metric}", f"{value:.6f}")
+    client.set_model_version_tag(name, version, "data_hash", data_hash())
+    try:
+        champ = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        champ = None
+    champ_value = None
+    if champ is not None:
+        champ_value = score_champion(mlflow.pytorch.load_model(f"models:/{name}@champion"))
+    better = champ_value is None or value > champ_value
+    if promote and better:
+        client.set_registered_model_alias(name, "champion", version)
+    return {"model": name, "version": int(version), metric: round(value, 6),
+            "champion_version": int(version) if promote and better else int(champ.version),
+            "champion_rescored": None if champ_value is None else round(champ_value, 6),
+            "promoted": bool(promote and better)}

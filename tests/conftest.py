@@ -56,8 +56,7 @@ def copy_repo(dest: Path, params: dict) -> Path:
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dest / f)
     raw = yaml.safe_load((dest / "params.yaml").read_text())
-    for section, values in params.items():
-        raw[section].update(values)
+    _merge(raw, params)
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     for stale in ("dvc.lock",):
         (dest / stale).unlink(missing_ok=True)
@@ -67,4 +66,42 @@ def copy_repo(dest: Path, params: dict) -> Path:
     return dest
 
 
-TINY = {"synth": {"count": 48, "size": 48}, "ingest": {"image_size": 32}}
+def _merge(into: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+TINY_TASK = {"widths": [8, 16], "epochs": 2, "batch_size": 16}
+TINY = {"synth": {"count": 48, "size": 48}, "ingest": {"image_size": 32},
+        "train": {"gender": TINY_TASK, "rating": TINY_TASK}}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def small_parts(tmp_path_factory):
+    """300 synthetic faces at 32 px, split 60/20/20: enough for a model to learn in seconds."""
+    from pipeline.data import Part
+    from pipeline.ingest import ingest
+    from pipeline.sources import read_labels
+    from pipeline.split import stratified
+    from pipeline.synth import generate
+
+    out = tmp_path_factory.mktemp("small")
+    generate(out, count=300, size=64, seed=2, noise=0.1)
+    res = ingest(read_labels(out / "FaceScore.csv", "facescore"), out / "images", 32, 10**8)
+    row = {f: i for i, f in enumerate(res.meta["filename"])}
+    parts = {}
+    for name, files in stratified(res.meta, 0.2, 0.2, seed=0).items():
+        idx = [row[f] for f in files]
+        parts[name] = Part(res.images[idx], res.meta.iloc[idx].reset_index(drop=True))
+    return parts

@@ -50,3 +50,77 @@ def test_too_much_quarantine_fails_the_stage_with_a_clear_message(tmp_path):
     assert "empty file" in p.stdout
     q = pd.read_csv(repo / "data/ingested/quarantine.csv")
     assert len(q) == 5 and set(q["reason"]) == {"empty file"}
+
+
+@pytest.fixture
+def mlflow_server():
+    """Starts `mlflow server` on a free loopback port in its own process group; stops the group."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from conftest import free_port
+
+    procs = []
+
+    def start(db: str) -> str:
+        port = free_port()
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        procs.append(subprocess.Popen(
+            [f"{os.path.dirname(sys.executable)}/mlflow", "server", "--backend-store-uri", db, "--host",
+             "127.0.0.1", "--port", str(port), "--workers", "1"], env=env, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1)
+                return url
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("mlflow server did not come up in 60 s")
+
+    yield start
+    for p in procs:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=30)
+
+
+def _search_runs(url: str, experiment: str) -> list[dict]:
+    import urllib.request
+
+    def post(path, body):
+        req = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(req, timeout=30).read())
+
+    import urllib.parse
+    exp = json.loads(urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/get-by-name?"
+                                            + urllib.parse.urlencode({"experiment_name": experiment})).read())
+    return post("runs/search", {"experiment_ids": [exp["experiment"]["experiment_id"]],
+                                "filter": "tags.stage LIKE 'train-%'", "max_results": 100})["runs"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_full_pipeline_and_an_experiment_show_up_as_comparable_mlflow_runs(tmp_path, mlflow_server):
+    repo = copy_repo(tmp_path, TINY)
+    out = run(["dvc", "repro"], repo)
+    assert "evaluate gender:" in out and "evaluate rating:" in out
+    gender = json.loads((repo / "reports/eval/gender/metrics.json").read_text())
+    assert 0 <= gender["accuracy"] <= 1 and gender["registry"]["promoted"] is True
+    assert "337,510" in (repo / "reports/params/params.md").read_text()
+    assert {"confusion.png", "curves.png", "predictions.csv", "report.md"} <= \
+        {p.name for p in (repo / "reports/eval/gender").iterdir()}
+    run(["dvc", "exp", "run", "-S", "train.gender.epochs=3"], repo)
+    runs = _search_runs(mlflow_server(f"sqlite:///{repo}/mlflow.db"), "faces")
+    by_task = {}
+    for r in runs:
+        tags = {t["key"]: t["value"] for t in r["data"]["tags"]}
+        metrics = {m["key"]: m["value"] for m in r["data"]["metrics"]}
+        by_task.setdefault(tags["task"], []).append(metrics)
+    assert len(by_task["gender"]) == 2 and len(by_task["rating"]) == 1
+    assert all("test_accuracy" in m and "val_accuracy" in m for m in by_task["gender"])
+    assert "test_pearson" in by_task["rating"][0]

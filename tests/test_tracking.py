@@ -35,3 +35,36 @@ def test_stage_run_logs_params_metrics_tags_and_dataset(params, tmp_path):
 
 def test_data_hash_without_a_lock_file(tmp_path):
     assert tracking.data_hash(tmp_path / "dvc.lock") == "unknown"
+
+
+@pytest.mark.slow
+def test_champion_moves_only_when_beaten_on_the_same_test_split(params):
+    import mlflow
+    import numpy as np
+    import torch
+    from mlflow import MlflowClient
+
+    from pipeline.model import ModelConfig, TaskModel, build_model
+
+    tracking.setup(params)
+    images = np.zeros((2, 16, 16, 3), np.uint8)
+    uris = []
+    for _ in range(3):
+        with mlflow.start_run():
+            net = build_model(ModelConfig("convnet", (4,), 0.0, 16), ["rating"])
+            uris.append(tracking.log_torch_model(TaskModel(net, "rating").eval(), images))
+    seen = []
+
+    def rescore(model):                   # the champion re-scored on "this" split: 0.6
+        out = model(torch.zeros(2, 3, 16, 16))
+        seen.append(tuple(out.shape))
+        return 0.6
+
+    first = tracking.register_and_promote(uris[0], "t-rating", "pearson", 0.5, rescore)
+    assert first["promoted"] and first["champion_version"] == 1 and seen == []
+    second = tracking.register_and_promote(uris[1], "t-rating", "pearson", 0.55, rescore)
+    assert not second["promoted"] and second["champion_version"] == 1 and second["champion_rescored"] == 0.6
+    third = tracking.register_and_promote(uris[2], "t-rating", "pearson", 0.7, rescore)
+    assert third["promoted"] and third["version"] == 3
+    assert int(MlflowClient().get_model_version_by_alias("t-rating", "champion").version) == 3
+    assert seen == [(2,), (2,)]           # the loaded champion is the TaskModel: (B, 3, S, S) -> (B,)

@@ -1,0 +1,87 @@
+"""In-memory training data: the ingested uint8 array, split lists and labels, plus tensor augmentation.
+
+Photos are decoded once by ingest; every epoch slices the uint8 array (no JPEG decoding) and turns
+the batch into model input with the shared `preprocess.to_tensor`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.preprocess import to_tensor
+
+
+@dataclass
+class Part:
+    """One split part: images (N, S, S, 3) uint8 and per-task targets."""
+    images: np.ndarray
+    meta: pd.DataFrame
+
+    def targets(self, task: str) -> torch.Tensor:
+        """gender: 0 = f, 1 = m (long); group: 0 = asian, 1 = caucasian (long); rating: float."""
+        if task == "gender":
+            return torch.tensor((self.meta["gender"] == "m").to_numpy(), dtype=torch.long)
+        if task == "group":
+            return torch.tensor((self.meta["group"] == "caucasian").to_numpy(), dtype=torch.long)
+        return torch.tensor(self.meta["rating"].to_numpy(), dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+
+def load_parts(ingested: Path, split_dir: Path, parts=("train", "val", "test")) -> dict[str, Part]:
+    """Reads images.npy once and slices it by the split's file lists (copies: the parts are small)."""
+    meta = pd.read_parquet(ingested / "meta.parquet")
+    images = np.load(ingested / "images.npy", mmap_mode="r")
+    row = {n: i for i, n in enumerate(meta["filename"])}
+    out = {}
+    for part in parts:
+        names = (split_dir / f"{part}.txt").read_text().split()
+        idx = np.array([row[n] for n in names], dtype=np.int64)
+        out[part] = Part(np.ascontiguousarray(images[np.sort(idx)]), meta.iloc[np.sort(idx)].reset_index(drop=True))
+    return out
+
+
+@dataclass(frozen=True)
+class Augment:
+    flip: bool          # horizontal flip with p = 0.5 (faces are roughly symmetric)
+    shift: float        # max translation as a fraction of the side (reflect padding)
+    brightness: float   # max additive change, in [0, 1] pixel units
+    contrast: float     # max relative change around each image's mean
+
+
+def augment(x: torch.Tensor, cfg: Augment, gen: torch.Generator) -> torch.Tensor:
+    """Random flip / shift / brightness / contrast on a normalised batch (B, 3, S, S).
+
+    Works after normalisation: brightness and contrast are affine, so they commute with it (the
+    brightness step is scaled by 1/std).
+    """
+    b, _, s, _ = x.shape
+    if cfg.flip:
+        flip = torch.rand(b, generator=gen) < 0.5
+        x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
+    if cfg.shift > 0:
+        pad = max(1, int(round(cfg.shift * s)))
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+        dx, dy = torch.randint(0, 2 * pad + 1, (2, b), generator=gen)
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + s, dx[i]:dx[i] + s] for i in range(b)])
+    if cfg.contrast > 0:
+        c = 1 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * cfg.contrast
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * c + mean
+    if cfg.brightness > 0:
+        x = x + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * cfg.brightness / 0.5   # std = 0.5
+    return x
+
+
+def batches(part: Part, batch_size: int, gen: torch.Generator | None = None):
+    """Yields (index tensor, normalised images) over `part`, shuffled when a generator is given."""
+    n = len(part)
+    order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size]
+        yield idx, to_tensor(part.images[idx.numpy()])

@@ -1,0 +1,160 @@
+"""Evaluate stage: test-split metrics and plots per task, MLflow registration and the champion alias.
+
+    python -m pipeline.evaluate --task rating --model models/rating --data data/ingested \
+        --split data/split --out reports/eval/rating
+
+Gender: accuracy, ROC-AUC, confusion matrix, accuracy per group. Rating: MAE, RMSE, Pearson and
+Spearman correlation, Pearson per group. Writes `metrics.json` (DVC metrics), `predictions.csv`
+(DVC plots: confusion / scatter), PNG plots and `report.md` (our numbers beside the SCUT-FBP5500
+paper's). The model is registered as `<experiment>-<source>-<task>`; the alias `champion` moves to it
+only when it beats the current champion re-scored on this very test split.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn import metrics as skm
+
+MAIN_METRIC = {"gender": "accuracy", "rating": "pearson"}     # higher is better for both
+PAPER = [  # SCUT-FBP5500 paper, 60/40 split, ImageNet-pretrained networks (Liang et al., 2018)
+    ("AlexNet (pretrained)", 0.8298, 0.2938, 0.3819),
+    ("ResNet-18 (pretrained)", 0.8513, 0.2818, 0.3703),
+    ("ResNeXt-50 (pretrained)", 0.8777, 0.2518, 0.3325),
+]
+
+
+def compute_metrics(task: str, y_true, y_pred, groups=None) -> dict:
+    """Pure metrics. gender: y_true 0/1 (1 = m), y_pred = P(m). rating: y_true, y_pred ratings."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred, dtype=np.float64)
+    if task == "gender":
+        hard = (y_pred >= 0.5).astype(int)
+        out = {"accuracy": skm.accuracy_score(y_true, hard),
+               "roc_auc": skm.roc_auc_score(y_true, y_pred) if len(set(y_true)) == 2 else float("nan"),
+               "confusion": skm.confusion_matrix(y_true, hard, labels=[0, 1]).tolist()}
+        per = lambda m: skm.accuracy_score(y_true[m], hard[m])                          # noqa: E731
+    else:
+        out = {"mae": skm.mean_absolute_error(y_true, y_pred),
+               "rmse": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
+               "pearson": _corr(stats.pearsonr, y_true, y_pred),
+               "spearman": _corr(stats.spearmanr, y_true, y_pred)}
+        per = lambda m: _corr(stats.pearsonr, y_true[m], y_pred[m])                     # noqa: E731
+    if groups is not None:
+        groups = np.asarray(groups)
+        for g in sorted(set(groups)):
+            out[f"{MAIN_METRIC[task]}_{g}"] = per(groups == g)
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in out.items()}
+
+
+def _corr(fn, a, b) -> float:
+    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")                  # a constant prediction has no correlation, not 0 or 1
+    return float(fn(a, b)[0])
+
+
+def plot(task: str, frame: pd.DataFrame, history: list[dict], out: Path) -> list[Path]:
+    """Confusion matrix (gender) or predicted-vs-true scatter (rating), and training curves -> PNGs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [out / ("confusion.png" if task == "gender" else "scatter.png"), out / "curves.png"]
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    if task == "gender":
+        skm.ConfusionMatrixDisplay.from_predictions(frame["actual"], frame["predicted"], ax=ax, colorbar=False)
+    else:
+        ax.scatter(frame["actual"], frame["predicted"], s=6, alpha=0.5)
+        ax.plot([1, 5], [1, 5], "k--", lw=1)
+        ax.set(xlabel="true rating", ylabel="predicted rating", xlim=(1, 5), ylim=(1, 5))
+    ax.set_title(f"{task}: test split")
+    fig.tight_layout(), fig.savefig(paths[0], dpi=110), plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    key = f"val_{MAIN_METRIC[task]}"
+    ax.plot(epochs, [h[key] for h in history], label=key)
+    ax.set(xlabel="epoch"), ax.legend(), fig.tight_layout(), fig.savefig(paths[1], dpi=110), plt.close(fig)
+    return paths
+
+
+def report(task: str, m: dict, protocol: str) -> str:
+    """Markdown results; for rating, our numbers beside the paper's table."""
+    lines = [f"# {task}: test-split results", "", f"Protocol: {protocol}", ""]
+    if task == "gender":
+        lines += [f"Accuracy {m['accuracy']:.4f}, ROC-AUC {m['roc_auc']:.4f}, confusion (rows true f/m) "
+                  f"{m['confusion']}", ""]
+    else:
+        lines += ["| model | Pearson | MAE | RMSE |", "|---|---|---|---|",
+                  f"| **ours (from scratch)** | **{m['pearson']:.4f}** | **{m['mae']:.4f}** | **{m['rmse']:.4f}** |",
+                  *[f"| {n} | {pc:.4f} | {mae:.4f} | {rmse:.4f} |" for n, pc, mae, rmse in PAPER], "",
+                  "Paper rows: SCUT-FBP5500 60/40 split (3300 train / 2200 test photos), official labels. "
+                  "Comparable only when our protocol line says the same.", ""]
+    lines += ["Per group: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k.startswith(MAIN_METRIC[task] + "_"))]
+    return "\n".join(lines) + "\n"
+
+
+def _protocol(params, parts_sizes: dict[str, int]) -> str:
+    ing, sp = params.ingest, params.split
+    labels = ing.label_file or ("FaceScore.csv" if ing.source != "scut" else "SCUT labels")
+    sizes = "/".join(str(parts_sizes[p]) for p in ("train", "val", "test"))
+    return (f"source `{ing.source}` ({ing.path}), labels `{labels}`, split `{sp.method}` seed {sp.seed} "
+            f"(train/val/test {sizes}), {ing.image_size} px, trained from scratch")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Evaluate one task's model on the test split")
+    for a in ("--model", "--data", "--split", "--out"):
+        ap.add_argument(a, required=True, type=Path)
+    ap.add_argument("--task", required=True, choices=list(MAIN_METRIC))
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args()
+    from pipeline import tracking
+    from pipeline.config import load_params
+    from pipeline.data import load_parts
+    from pipeline.model import TaskModel, load_bundle, predict
+    from pipeline.param_report import layer_table, to_markdown
+
+    params, task = load_params(args.params), args.task
+    cfg = params.evaluate
+    net, bundle = load_bundle(args.model / "model.pt")
+    model = TaskModel(net, task).eval()
+    test = load_parts(args.data, args.split, ("test",))["test"]
+    y_true, groups = test.targets(task).numpy(), test.meta["group"].to_numpy()
+    score = lambda m: predict(m, test.images, cfg.batch_size, cfg.tta_flip)                 # noqa: E731
+    y_pred = score(model)
+    m = compute_metrics(task, y_true, y_pred, groups)
+    args.out.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame({"filename": test.meta["filename"], "group": groups, "score": y_pred})
+    if task == "gender":
+        frame["actual"] = np.where(y_true == 1, "m", "f")
+        frame["predicted"] = np.where(y_pred >= 0.5, "m", "f")
+    else:
+        frame["actual"], frame["predicted"] = y_true, y_pred
+    frame.to_csv(args.out / "predictions.csv", index=False)
+    history = json.loads((args.model / "history.json").read_text())
+    pngs = plot(task, frame, history, args.out)
+    sizes = {p: len((args.split / f"{p}.txt").read_text().split()) for p in ("train", "val", "test")}
+    (args.out / "report.md").write_text(report(task, m, _protocol(params, sizes)))
+    size = bundle["model_config"]["image_size"]
+    (args.out / "params.md").write_text(to_markdown(layer_table(net, size), f"{task} model ({bundle['model_config']['arch']})"))
+    run = json.loads((args.model / "run.json").read_text())
+    run_id = run["run_id"]
+    name = f"{params.tracking.experiment}-{params.ingest.source}-{task}"
+    with tracking.continue_run(params, run_id):
+        tracking.log_metrics({f"test_{k}": v for k, v in m.items() if isinstance(v, float)})
+        tracking.log_artifacts([*pngs, args.out / "report.md", args.out / "params.md"], "evaluation")
+        decision = tracking.register_and_promote(run["model_uri"], name, MAIN_METRIC[task], m[MAIN_METRIC[task]],
+                                                 score_champion=lambda champ: compute_metrics(
+                                                     task, y_true, score(champ))[MAIN_METRIC[task]],
+                                                 promote=cfg.promote)
+    (args.out / "metrics.json").write_text(json.dumps({**m, "registry": decision}, indent=2) + "\n")
+    shown = {k: round(v, 4) for k, v in m.items() if isinstance(v, float)}
+    print(f"evaluate {task}: {shown}\n  registry: {decision}")
+
+
+if __name__ == "__main__":
+    main()

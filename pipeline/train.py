@@ -1,0 +1,195 @@
+"""Train stage: one CNN per task (gender classifier, rating regressor), early-stopped on validation.
+
+    python -m pipeline.train --task gender --data data/ingested --split data/split --out models/gender
+
+Writes `<out>/model.pt` (state_dict + config, loads with `torch.load(weights_only=True)`),
+`<out>/history.json` (per-epoch curves, DVC plots), `<out>/run.json` (the MLflow run that the
+evaluate stage continues) and `<out>/checkpoint.pt` after every epoch: an interrupted run resumes
+from it when the config and data are unchanged, and starts over otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.config import TaskConfig
+from pipeline.data import Augment, Part, augment, batches, load_parts
+from pipeline.evaluate import MAIN_METRIC, compute_metrics
+from pipeline.model import ModelConfig, TaskModel, build_model, count_params, predict
+
+LOSSES = {"cross_entropy": nn.CrossEntropyLoss(), "l1": nn.L1Loss(), "huber": nn.HuberLoss(delta=0.5),
+          "mse": nn.MSELoss()}
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_metric: float
+    history: list[dict] = field(default_factory=list)
+    finished: bool = True              # False when stopped by `stop_after` (an interruption)
+
+
+def select_device(pref: str) -> torch.device:
+    """auto -> cuda when available, else cpu."""
+    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _loss_fns(task: str, cfg: TaskConfig) -> dict[str, tuple[nn.Module, float]]:
+    """Per head: (loss, weight). Classification heads use cross-entropy; rating uses cfg.loss."""
+    if (task == "gender") != (cfg.loss == "cross_entropy"):
+        raise ValueError(f"train.{task}.loss={cfg.loss} does not fit the task")
+    out = {task: (LOSSES[cfg.loss], 1.0)}
+    for aux in cfg.aux_tasks:
+        out[aux] = (LOSSES["huber" if aux == "rating" else "cross_entropy"], cfg.aux_weight)
+    return out
+
+
+def fingerprint(cfg: TaskConfig, parts: dict[str, Part], heads: list[str]) -> str:
+    """Identifies config + data; a checkpoint is resumed only when this matches."""
+    key = json.dumps([dataclasses.asdict(cfg), heads, {p: list(v.meta["filename"]) for p, v in parts.items()},
+                      parts["train"].images.shape], sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _schedule(cfg: TaskConfig, opt: torch.optim.Optimizer, steps: int):
+    if cfg.schedule == "onecycle":
+        # warm up for a quarter of the steps (at least 2, or OneCycle divides by zero on tiny runs)
+        warm = min(0.5, max(0.25, 2 / steps))
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=warm)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+
+
+def _train_epoch(net, part, cfg, losses, opt, sched, gen, device, desc) -> float:
+    net.train()
+    targets = {h: part.targets(h) for h in losses}
+    aug = Augment(**dataclasses.asdict(cfg.augment))
+    total, seen = 0.0, 0
+    bar = tqdm(batches(part, cfg.batch_size, gen), total=-(-len(part) // cfg.batch_size), desc=desc, leave=False, disable=None)
+    for idx, x in bar:
+        x = augment(x, aug, gen).to(device)                       # (B, 3, S, S)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = net(x)
+            loss = sum(w * fn(out[h].float(), targets[h][idx].to(device)) for h, (fn, w) in losses.items())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.item() * len(idx)
+        seen += len(idx)
+        bar.set_postfix(loss=f"{total / seen:.4f}")
+    return total / seen
+
+
+def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, device: torch.device,
+        checkpoint: Path | None = None, on_epoch: Callable[[dict], None] | None = None,
+        stop_after: int | None = None) -> FitResult:
+    """Trains `net` (heads: task + cfg.aux_tasks) on parts['train'], early-stopping on parts['val'].
+
+    Args:
+        checkpoint: saved after every epoch and resumed from when its fingerprint matches.
+        on_epoch: called with each epoch's record (the stage logs it to MLflow).
+        stop_after: stop after this many epochs of this call, as an interruption would (tests).
+    """
+    torch.manual_seed(cfg.seed)
+    losses = _loss_fns(task, cfg)
+    net.to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * -(-len(parts["train"]) // cfg.batch_size)
+    sched = _schedule(cfg, opt, steps)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    fp = fingerprint(cfg, parts, list(losses))
+    state = {"epoch": 0, "best_metric": -float("inf"), "best_epoch": 0, "bad": 0, "history": [],
+             "best_state": copy.deepcopy(net.state_dict())}
+    if checkpoint and checkpoint.is_file():
+        ck = torch.load(checkpoint, weights_only=True, map_location=device)
+        if ck["fingerprint"] == fp:
+            net.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
+            gen.set_state(ck["gen"]), torch.set_rng_state(ck["rng"])
+            state = ck["state"]
+    val_y = parts["val"].targets(task).numpy()
+    ran = 0
+    while state["epoch"] < cfg.epochs and state["bad"] < cfg.patience:
+        t0 = time.time()
+        epoch = state["epoch"] + 1
+        loss = _train_epoch(net, parts["train"], cfg, losses, opt, sched, gen, device, f"{task} epoch {epoch}")
+        pred = predict(TaskModel(net, task), parts["val"].images, device=device)
+        metric = compute_metrics(task, val_y, pred)[MAIN_METRIC[task]]
+        record = {"epoch": epoch, "train_loss": loss, f"val_{MAIN_METRIC[task]}": metric,
+                  "lr": sched.get_last_lr()[0], "seconds": time.time() - t0}
+        if metric > state["best_metric"]:
+            state.update(best_metric=metric, best_epoch=epoch, bad=0, best_state=copy.deepcopy(net.state_dict()))
+        else:
+            state["bad"] += 1
+        state["epoch"] = epoch
+        state["history"].append(record)
+        print(f"{task} epoch {epoch:3d}  loss {loss:.4f}  val {MAIN_METRIC[task]} {metric:.4f}  "
+              f"({record['seconds']:.1f} s)" + ("  *best" if state["best_epoch"] == epoch else ""))
+        if on_epoch:
+            on_epoch(record)
+        if checkpoint:
+            torch.save({"fingerprint": fp, "model": net.state_dict(), "opt": opt.state_dict(),
+                        "sched": sched.state_dict(), "gen": gen.get_state(), "rng": torch.get_rng_state(),
+                        "state": state}, checkpoint)
+        ran += 1
+        if stop_after is not None and ran >= stop_after and state["epoch"] < cfg.epochs:
+            return FitResult(state["best_state"], state["best_epoch"], state["best_metric"], state["history"], False)
+    return FitResult(state["best_state"], state["best_epoch"], state["best_metric"], state["history"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Train one task's CNN")
+    ap.add_argument("--task", required=True, choices=["gender", "rating"])
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--split", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args()
+    from pipeline import tracking
+    from pipeline.config import load_params
+
+    params = load_params(args.params)
+    cfg: TaskConfig = getattr(params.train, args.task)
+    torch.set_num_threads(params.train.threads or os.cpu_count() or 1)
+    device = select_device(params.train.device)
+    parts = load_parts(args.data, args.split, ("train", "val"))
+    heads = [args.task, *cfg.aux_tasks]
+    mcfg = ModelConfig(cfg.arch, cfg.widths, cfg.dropout, params.ingest.image_size)
+    net = build_model(mcfg, heads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tags = {"task": args.task, "arch": cfg.arch, "source": params.ingest.source, "device": device.type}
+    with tracking.stage_run(params, f"train-{args.task}", cfg, tags, system_metrics=True) as run_id:
+        t0 = time.time()
+        res = fit(net, parts, args.task, cfg, device, args.out / "checkpoint.pt",
+                  on_epoch=lambda r: tracking.log_metrics(r, step=r["epoch"]))
+        net.load_state_dict(res.best_state)
+        seconds = time.time() - t0
+        bundle = {"state_dict": net.state_dict(), "model_config": dataclasses.asdict(mcfg), "heads": heads,
+                  "task": args.task}
+        torch.save(bundle, args.out / "model.pt")
+        (args.out / "history.json").write_text(json.dumps(res.history, indent=1) + "\n")
+        tracking.log_metrics({"best_epoch": res.best_epoch, f"best_val_{MAIN_METRIC[args.task]}": res.best_metric,
+                              "train_seconds": seconds, "params": count_params(net)})
+        uri = tracking.log_torch_model(TaskModel(net.cpu().eval(), args.task), parts["val"].images[:2])
+    run = {"run_id": run_id, "model_uri": uri, "train_seconds": round(seconds, 1)}
+    (args.out / "run.json").write_text(json.dumps(run) + "\n")
+    print(f"train {args.task}: best val {MAIN_METRIC[args.task]} {res.best_metric:.4f} at epoch "
+          f"{res.best_epoch}/{len(res.history)} in {seconds:.0f} s on {device.type}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+import math
+
+import numpy as np
+from scipy import stats
+from sklearn import metrics as skm
+
+from pipeline.evaluate import PAPER, compute_metrics, report
+
+Y = np.array([0, 0, 1, 1, 1, 0, 1, 0])
+P = np.array([0.1, 0.6, 0.8, 0.4, 0.9, 0.2, 0.7, 0.3])
+G = np.array(["asian", "asian", "asian", "asian", "caucasian", "caucasian", "caucasian", "caucasian"])
+
+
+def test_gender_metrics_equal_scikit_learn():
+    m = compute_metrics("gender", Y, P, G)
+    hard = (P >= 0.5).astype(int)
+    assert m["accuracy"] == skm.accuracy_score(Y, hard) == 0.75
+    assert m["roc_auc"] == skm.roc_auc_score(Y, P)
+    assert m["confusion"] == [[3, 1], [1, 3]]
+    assert m["accuracy_asian"] == 0.5 and m["accuracy_caucasian"] == 1.0
+
+
+def test_rating_metrics_equal_scikit_learn_and_scipy():
+    t = np.array([1.5, 2.0, 3.1, 4.2, 2.8, 3.3, 4.9, 1.2])
+    p = np.array([1.7, 2.4, 2.9, 3.8, 3.0, 3.0, 4.1, 1.9])
+    m = compute_metrics("rating", t, p, G)
+    assert math.isclose(m["mae"], skm.mean_absolute_error(t, p))
+    assert math.isclose(m["rmse"], math.sqrt(skm.mean_squared_error(t, p)))
+    assert math.isclose(m["pearson"], stats.pearsonr(t, p)[0])
+    assert math.isclose(m["spearman"], stats.spearmanr(t, p)[0])
+    assert math.isclose(m["pearson_asian"], stats.pearsonr(t[:4], p[:4])[0])
+
+
+def test_constant_prediction_has_no_correlation_rather_than_a_number():
+    m = compute_metrics("rating", np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 2.0]))
+    assert math.isnan(m["pearson"]) and math.isnan(m["spearman"])
+
+
+def test_rating_report_sets_our_numbers_beside_the_paper():
+    m = compute_metrics("rating", np.array([1.0, 2.0, 3.5]), np.array([1.2, 2.1, 3.0]), np.array(["asian"] * 3))
+    md = report("rating", m, "source `x`")
+    assert "| **ours (from scratch)** |" in md and "Protocol: source `x`" in md
+    for name, pc, _, _ in PAPER:
+        assert f"| {name} | {pc:.4f} |" in md
