@@ -14,7 +14,12 @@ export BENTOML_DO_NOT_TRACK := true
 export DO_NOT_TRACK := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install repro test lock clean
+HOST ?= 127.0.0.1
+UI_PORT ?= 5000
+# the tracking URI lives in params.yaml alone
+TRACKING_URI = $(shell $(BIN)/python -c 'from pipeline.config import load_params; print(load_params().tracking.uri)')
+
+.PHONY: install repro test ui lock clean
 install: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
@@ -28,6 +33,10 @@ repro: install  ## run the DVC pipeline on the default (synthetic) data
 
 test: install  ## the test suite (what CI runs)
 	pytest $(PYTEST_ARGS)
+
+ui: install  ## MLflow UI on http://127.0.0.1:5000 against the project's backend; Ctrl-C stops it
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec mlflow ui --backend-store-uri '$(TRACKING_URI)' \
+	  --host $(HOST) --port $(UI_PORT) --workers 1
 
 lock:  ## re-resolve requirements.in into requirements.lock (in a throw-away venv)
 	rm -rf /tmp/lock-venv && $(PYTHON) -m venv /tmp/lock-venv

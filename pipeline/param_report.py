@@ -90,8 +90,8 @@ def to_markdown(rows: list[Row], title: str) -> str:
              "dense layer, same in/out |", "|---|---|---|---|--:|--:|--:|"]
     for r in rows:
         if r.params or r.macs:
-            lines.append(f"| {r.layer} | {r.kind} | {r.output} | {r.formula} | {r.params:,} | {r.macs:,} | "
-                         f"{r.dense_equivalent:,} |" if r.dense_equivalent else "- |")
+            dense = f"{r.dense_equivalent:,}" if r.dense_equivalent else "-"
+            lines.append(f"| {r.layer} | {r.kind} | {r.output} | {r.formula} | {r.params:,} | {r.macs:,} | {dense} |")
     total, macs = sum(r.params for r in rows), sum(r.macs for r in rows)
     lines += [f"| **total** | | | | **{total:,}** | **{macs:,}** | |", ""]
     return "\n".join(lines) + "\n"

@@ -42,3 +42,11 @@ def test_report_covers_every_model_in_params_and_the_course_reference():
     assert set(names) >= {"course-reference"} and any(n.startswith("gender-") for n in names)
     cfg, heads = names["course-reference"]
     assert cfg.image_size == 128 and heads == {"outputs": 10}
+
+
+def test_every_counted_layer_is_one_table_row():
+    net = build_model(ModelConfig("convnet", (4,), 0.0, 16), ["gender"])
+    md = to_markdown(layer_table(net, 16), "t")
+    rows = [line for line in md.splitlines() if line.startswith("| features") or line.startswith("| heads")]
+    assert len(rows) == 5 and all(r.count("|") == 8 for r in rows)      # 2 conv, 2 BN, 1 head
+    assert "| 2*4 (scale, shift) | 8 | 0 | - |" in md
