@@ -107,6 +107,13 @@ class ParamReportConfig:
 
 
 @dataclass(frozen=True)
+class PackageConfig:
+    bento_prefix: str              # BentoML model names: <prefix>-gender, <prefix>-rating
+    max_upload_mb: float           # serving limits, stored with the models
+    max_pixels: int
+
+
+@dataclass(frozen=True)
 class Params:
     tracking: TrackingConfig
     synth: SynthConfig
@@ -116,6 +123,7 @@ class Params:
     train: TrainConfig
     evaluate: EvaluateConfig
     param_report: ParamReportConfig
+    package: PackageConfig
 
 
 class ParamsError(ValueError):

@@ -146,7 +146,7 @@ def build_model(cfg: ModelConfig, heads: list[str] | dict[str, int]) -> nn.Modul
 class TaskModel(nn.Module):
     """One task's inference view of a (possibly multi-head) network: (B, 3, S, S) -> (B,).
 
-    gender -> P(male), rating -> the predicted rating. This is what MLflow logs and the registry,
+    gender -> P(male), rating -> the predicted rating clipped to [1, 5]. This is what MLflow logs and the registry,
     evaluation and the service call, so all of them agree on what a model returns.
     """
 
@@ -156,7 +156,9 @@ class TaskModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net(x)[self.task]
-        return out.softmax(1)[:, 1] if self.task in ("gender", "group") else out
+        if self.task in ("gender", "group"):
+            return out.softmax(1)[:, 1]
+        return out.clamp(1.0, 5.0)            # ratings live on the 1-5 scale; clipping only reduces error
 
 
 @torch.no_grad()

@@ -139,6 +139,8 @@ def register_and_promote(model_uri: str, name: str, metric: str, value: float,
 
     client = MlflowClient()
     version = mlflow.register_model(model_uri, name).version
+    if mlflow.active_run():               # the run that trained it (MLflow 3 registers a LoggedModel)
+        client.set_model_version_tag(name, version, "run_id", mlflow.active_run().info.run_id)
     client.set_model_version_tag(name, version, f"test_{metric}", f"{value:.6f}")
     client.set_model_version_tag(name, version, "data_hash", data_hash())
     try:
@@ -155,3 +157,18 @@ def register_and_promote(model_uri: str, name: str, metric: str, value: float,
             "champion_version": int(version) if promote and better else int(champ.version),
             "champion_rescored": None if champ_value is None else round(champ_value, 6),
             "promoted": bool(promote and better)}
+
+
+def champion(params: Params, name: str, artifact: str, dest: Path) -> dict:
+    """Downloads `artifact` of the run behind `name@champion` into `dest`; -> version info."""
+    setup(params)
+    import mlflow
+    from mlflow import MlflowClient
+
+    mv = MlflowClient().get_model_version_by_alias(name, "champion")
+    run_id = mv.tags.get("run_id") or mv.run_id
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dest))
+    except mlflow.exceptions.MlflowException as e:
+        raise FileNotFoundError(f"{name}@champion (v{mv.version}, run {run_id}) has no artifact {artifact}") from e
+    return {"model": name, "version": int(mv.version), "run_id": run_id, "path": path, "tags": dict(mv.tags)}

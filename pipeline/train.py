@@ -185,6 +185,7 @@ def main() -> None:
         tracking.log_metrics({"best_epoch": res.best_epoch, f"best_val_{MAIN_METRIC[args.task]}": res.best_metric,
                               "train_seconds": seconds, "params": count_params(net)})
         uri = tracking.log_torch_model(TaskModel(net.cpu().eval(), args.task), parts["val"].images[:2])
+        tracking.log_artifacts([args.out / "model.pt"], "bundle")   # what package.py hands to BentoML
     run = {"run_id": run_id, "model_uri": uri, "train_seconds": round(seconds, 1)}
     (args.out / "run.json").write_text(json.dumps(run) + "\n")
     print(f"train {args.task}: best val {MAIN_METRIC[args.task]} {res.best_metric:.4f} at epoch "
