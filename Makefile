@@ -15,11 +15,15 @@ export DO_NOT_TRACK := 1
 export PATH := $(BIN):$(PATH)
 
 HOST ?= 127.0.0.1
+PORT ?= 3000
 UI_PORT ?= 5000
 # the tracking URI lives in params.yaml alone
 TRACKING_URI = $(shell $(BIN)/python -c 'from pipeline.config import load_params; print(load_params().tracking.uri)')
 
-.PHONY: install repro test ui lock clean
+SERVING = models/serving.json
+tag = $(shell $(BIN)/python -c 'import json; print(json.load(open("$(SERVING)"))["$(1)"]["tag"])')
+
+.PHONY: install repro test ui serve build container-test bench lock clean
 install: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
@@ -37,6 +41,20 @@ test: install  ## the test suite (what CI runs)
 ui: install  ## MLflow UI on http://127.0.0.1:5000 against the project's backend; Ctrl-C stops it
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec mlflow ui --backend-store-uri '$(TRACKING_URI)' \
 	  --host $(HOST) --port $(UI_PORT) --workers 1
+
+serve: install  ## serve the packaged champions on $(HOST):$(PORT) (run `make repro` first)
+	@test -f $(SERVING) || { echo "no $(SERVING): run 'make repro' first"; exit 1; }
+	FACES_GENDER_MODEL=$(call tag,gender) FACES_RATING_MODEL=$(call tag,rating) \
+	  exec bentoml serve service.service:Faces --host $(HOST) --port $(PORT)
+
+build: install  ## a Bento (offline: bentofile.yaml has lock_packages: false)
+	FACES_GENDER_MODEL=$(call tag,gender) FACES_RATING_MODEL=$(call tag,rating) bentoml build
+
+container-test: install  ## build the Dockerfile on a locally made base image, run it, POST a photo
+	bash docker/container-test.sh
+
+bench: install  ## serving latency/throughput vs raw forward time (bench/serve.py)
+	python bench/serve.py
 
 lock:  ## re-resolve requirements.in into requirements.lock (in a throw-away venv)
 	rm -rf /tmp/lock-venv && $(PYTHON) -m venv /tmp/lock-venv

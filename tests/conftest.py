@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from pipeline.tracking import TELEMETRY_OFF
 
 os.environ.update(TELEMETRY_OFF)
+# Tests get their own BentoML model store, never the user's ~/bentoml (set before bentoml is imported).
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bentoml-test-")
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "facescore"
 
@@ -105,3 +108,32 @@ def small_parts(tmp_path_factory):
         idx = [row[f] for f in files]
         parts[name] = Part(res.images[idx], res.meta.iloc[idx].reset_index(drop=True))
     return parts
+
+
+def tiny_bundle(path: Path, task: str, size: int = 32, seed: int = 0) -> Path:
+    """A random-weight model bundle in the train stage's format (for serving tests)."""
+    import torch
+
+    from pipeline.model import ModelConfig, build_model
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig("convnet", (4, 8), 0.0, size)
+    net = build_model(cfg, [task])
+    torch.save({"state_dict": net.state_dict(), "model_config": {**cfg.__dict__, "widths": list(cfg.widths)},
+                "heads": [task], "task": task}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def served_models(tmp_path_factory) -> dict[str, str]:
+    """Two tiny models in the test BentoML store; sets FACES_*_MODEL so service.service serves them."""
+    from pipeline.package import save_bundle
+
+    tmp = tmp_path_factory.mktemp("bundles")
+    tags = {}
+    for task in ("gender", "rating"):
+        meta = {"image_size": 32, "max_upload_bytes": 2**20, "max_pixels": 4_000_000, "tta_flip": True}
+        bm = save_bundle(f"test-{task}", tiny_bundle(tmp / f"{task}.pt", task), {"mlflow_version": "7"}, meta)
+        tags[task] = str(bm.tag)
+        os.environ[f"FACES_{task.upper()}_MODEL"] = tags[task]
+    return tags

@@ -114,6 +114,7 @@ def test_full_pipeline_and_an_experiment_show_up_as_comparable_mlflow_runs(tmp_p
     assert "337,510" in (repo / "reports/params/params.md").read_text()
     assert {"confusion.png", "curves.png", "predictions.csv", "report.md"} <= \
         {p.name for p in (repo / "reports/eval/gender").iterdir()}
+    _service_agrees_with_evaluate(repo)
     run(["dvc", "exp", "run", "-S", "train.gender.epochs=3"], repo)
     runs = _search_runs(mlflow_server(f"sqlite:///{repo}/mlflow.db"), "faces")
     by_task = {}
@@ -124,3 +125,36 @@ def test_full_pipeline_and_an_experiment_show_up_as_comparable_mlflow_runs(tmp_p
     assert len(by_task["gender"]) == 2 and len(by_task["rating"]) == 1
     assert all("test_accuracy" in m and "val_accuracy" in m for m in by_task["gender"])
     assert "test_pearson" in by_task["rating"][0]
+
+
+AGREEMENT = """
+import json, os, sys
+from pathlib import Path
+serving = json.loads(Path("models/serving.json").read_text())
+os.environ["FACES_GENDER_MODEL"], os.environ["FACES_RATING_MODEL"] = serving["gender"]["tag"], serving["rating"]["tag"]
+from starlette.testclient import TestClient
+from service.service import Faces
+out = {}
+with TestClient(Faces.to_asgi()) as c:
+    for name in Path("data/split/test.txt").read_text().split():
+        r = c.post("/predict", files={"image": (name, Path("data/synthetic/images", name).read_bytes(), "image/jpeg")})
+        b = r.json()
+        out[name] = [b["gender_probability"] if b["gender"] == "male" else 1 - b["gender_probability"], b["rating"]]
+print(json.dumps(out))
+"""
+
+
+def _service_agrees_with_evaluate(repo):
+    """Train/serve agreement: the service's answer for each test photo FILE equals the evaluate stage's."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", AGREEMENT], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    served = json.loads(p.stdout.strip().splitlines()[-1])
+    gender = pd.read_csv(repo / "reports/eval/gender/predictions.csv").set_index("filename")["score"]
+    rating = pd.read_csv(repo / "reports/eval/rating/predictions.csv").set_index("filename")["score"]
+    assert set(served) == set(gender.index) == set(rating.index) and len(served) > 0
+    for name, (p_male, r) in served.items():
+        assert p_male == pytest.approx(gender[name], abs=1e-5), name
+        assert r == pytest.approx(rating[name], abs=1e-5), name

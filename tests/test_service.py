@@ -1,0 +1,210 @@
+"""The service in-process (to_asgi + TestClient): API shapes and every kind of bad upload."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _img(mode="RGB", size=(60, 50), fmt="JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.effect_noise(size, 60).convert("RGB").convert(mode).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def client(served_models):
+    from starlette.testclient import TestClient
+
+    from service.service import Faces
+
+    with TestClient(Faces.to_asgi()) as c:
+        yield c
+
+
+def _post(client, data: bytes, field="image", ctype="image/jpeg", name="face.jpg"):
+    return client.post("/predict", files={field: (name, data, ctype)})
+
+
+def test_predict_answers_gender_probability_rating_and_versions(client):
+    from service.service import EXAMPLE_INPUT
+
+    r = _post(client, EXAMPLE_INPUT.read_bytes())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["gender"] in ("female", "male") and 0.5 <= body["gender_probability"] <= 1
+    assert 1 <= body["rating"] <= 5
+    assert body["model"] == {"gender_version": "7", "rating_version": "7"}
+
+
+@pytest.mark.parametrize("mode, fmt, kw", [("L", "PNG", {}), ("RGBA", "PNG", {}), ("CMYK", "JPEG", {}),
+                                           ("P", "PNG", {}), ("RGB", "WEBP", {})])
+def test_any_mode_and_format_is_accepted(client, mode, fmt, kw):
+    assert _post(client, _img(mode, fmt=fmt, **kw), ctype=f"image/{fmt.lower()}").status_code == 200
+
+
+def test_exif_rotated_photo_gives_the_same_answer_as_the_upright_one(client):
+    upright = Image.effect_noise((40, 64), 80).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6                                      # stored rotated; viewers turn it 90 deg CW
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    a, b = io.BytesIO(), io.BytesIO()
+    upright.save(a, "PNG")
+    stored.save(b, "PNG", exif=exif.tobytes())
+    ra, rb = _post(client, a.getvalue(), ctype="image/png").json(), _post(client, b.getvalue(), ctype="image/png").json()
+    assert ra["rating"] == pytest.approx(rb["rating"], abs=1e-5)
+
+
+def _bomb() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (2500, 2500)).save(buf, "PNG")        # 6.25 M pixels > the 4 M of the test models
+    return buf.getvalue()
+
+
+def _absurd() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (30_000, 1)).save(buf, "PNG")          # a side over MAX_SIDE, few pixels
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case, status, message", [
+    (lambda c: _post(c, b"no image here"), 400, "not an image"),
+    (lambda c: _post(c, _img(size=(300, 300))[:900]), 400, "truncated image"),
+    (lambda c: _post(c, b""), 400, "empty file"),
+    (lambda c: _post(c, _bomb(), ctype="image/png"), 400, "decompression bomb"),
+    (lambda c: _post(c, _absurd(), ctype="image/png"), 400, "absurd dimensions"),
+    (lambda c: _post(c, _img(), ctype="text/plain"), 400, "expected image/*"),
+    (lambda c: _post(c, _img(), field="photo"), 400, "unknown field(s) ['photo']"),
+    (lambda c: _post(c, b"x" * (2**20 + 70_000)), 413, "upload larger than"),
+    (lambda c: c.post("/predict"), 415, "multipart/form-data"),
+    (lambda c: c.post("/predict", json={"image": "/etc/passwd"}), 415, "multipart/form-data"),
+    (lambda c: c.post("/predict", files={"image": ("a", b"", "image/jpeg")}, data={"other": "1"}), 400, "other"),
+    (lambda c: c.post("/infer", json={"pixels": [[1, 2, 3]]}), 400, "pixels must have shape"),
+])
+def test_bad_input_is_a_4xx_with_a_message_and_the_server_keeps_serving(client, case, status, message):
+    r = case(client)
+    assert r.status_code == status, r.text
+    assert message in r.text and "/tmp" not in r.text
+    assert _post(client, _img()).status_code == 200
+
+
+def test_file_just_over_the_model_limit_is_refused_by_the_validator(client):
+    r = _post(client, b"\xff\xd8" + b"x" * (2**20 + 10))              # under the guard's slack
+    assert r.status_code == 400 and "file too large" in r.text
+
+
+def test_predict_batch_keeps_order_and_matches_predict(client):
+    files = [_img(seed) for seed in ("RGB", "L", "RGB")]
+    r = client.post("/predict_batch", files=[("images", (f"{i}.jpg", f, "image/jpeg")) for i, f in enumerate(files)])
+    assert r.status_code == 200, r.text
+    got = [x["rating"] for x in r.json()]
+    single = [_post(client, f).json()["rating"] for f in files]
+    np.testing.assert_allclose(got, single, rtol=1e-5)
+    bad = client.post("/predict_batch", files=[("images", ("a.jpg", files[0], "image/jpeg")),
+                                               ("images", ("b.jpg", b"broken", "image/jpeg"))])
+    assert bad.status_code == 400 and "not an image" in bad.text
+
+
+def test_page_health_and_openapi(client):
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="file"' in page.text and "/predict" in page.text
+    assert client.get("/livez").status_code == 200 and client.get("/readyz").status_code == 200
+    paths = client.get("/docs.json").json()["paths"]
+    assert {"/predict", "/predict_batch"} <= set(paths)
+
+
+@pytest.fixture(scope="module")
+def server(served_models):
+    """`bentoml serve` in a subprocess on a free loopback port (its own process group)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from conftest import ROOT, free_port
+
+    port = free_port()
+    bentoml = os.path.join(os.path.dirname(sys.executable), "bentoml")
+    proc = subprocess.Popen([bentoml, "serve", "service.service:Faces", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/readyz", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("bentoml serve did not become ready in 60 s")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _photos(real_dir, tiny_dir, n=10):
+    photos = sorted((tiny_dir / "images").iterdir())[:n]
+    if real_dir is not None:
+        photos += sorted((real_dir / "images").iterdir())[:n]
+    return photos
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_real_server_answers_real_http_and_50_concurrent_requests(server, tiny_faces):
+    import httpx
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import REAL_DATA
+
+    real = REAL_DATA if (REAL_DATA / "images").is_dir() else None
+    photos = _photos(real, tiny_faces)
+    with httpx.Client(base_url=server, timeout=60) as c:
+        for p in photos:
+            r = c.post("/predict", files={"image": (p.name, p.read_bytes(), "image/jpeg")})
+            assert r.status_code == 200 and r.json()["gender"] in ("female", "male"), r.text
+        assert c.post("/predict", files={"image": ("x.jpg", b"junk", "image/jpeg")}).status_code == 400
+
+        def one(i):
+            p = photos[i % len(photos)]
+            return c.post("/predict", files={"image": (p.name, p.read_bytes(), "image/jpeg")}).status_code
+
+        with ThreadPoolExecutor(50) as pool:
+            codes = list(pool.map(one, range(50)))
+        assert codes == [200] * 50
+        metrics = c.get("/metrics").text
+        assert "bentoml_service_adaptive_batch_size" in metrics
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_demo_page_in_headless_chromium(server, tmp_path):
+    import shutil
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    from service.service import EXAMPLE_INPUT
+
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page()
+        page.goto(server + "/")
+        page.set_input_files("#file", str(EXAMPLE_INPUT))
+        page.click("#go")
+        page.wait_for_selector("#rating", timeout=30_000)
+        gender, rating = page.inner_text("#gender"), float(page.inner_text("#rating"))
+        page.screenshot(path=str(tmp_path / "page.png"))
+        page.set_input_files("#file", {"name": "bad.jpg", "mimeType": "image/jpeg", "buffer": b"junk"})
+        page.click("#go")
+        page.wait_for_selector("#result.error", timeout=30_000)
+        error = page.inner_text("#result")
+        browser.close()
+    assert gender in ("female", "male") and 1 <= rating <= 5
+    assert "not an image" in error
