@@ -23,7 +23,7 @@ TRACKING_URI = $(shell $(BIN)/python -c 'from pipeline.config import load_params
 SERVING = models/serving.json
 tag = $(shell $(BIN)/python -c 'import json; print(json.load(open("$(SERVING)"))["$(1)"]["tag"])')
 
-.PHONY: install repro test ui serve build container-test bench lock clean
+.PHONY: install repro test ui serve build docker-context container-test bench lock clean
 install: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
@@ -49,6 +49,9 @@ serve: install  ## serve the packaged champions on $(HOST):$(PORT) (run `make re
 
 build: install  ## a Bento (offline: bentofile.yaml has lock_packages: false)
 	FACES_GENDER_MODEL=$(call tag,gender) FACES_RATING_MODEL=$(call tag,rating) bentoml build
+
+docker-context: install  ## copy the packaged champions into docker/context/models (for docker build)
+	python docker/export_models.py $(SERVING) docker/context/models
 
 container-test: install  ## build the Dockerfile on a locally made base image, run it, POST a photo
 	bash docker/container-test.sh
