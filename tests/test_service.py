@@ -79,7 +79,8 @@ def _absurd() -> bytes:
     (lambda c: c.post("/predict"), 415, "multipart/form-data"),
     (lambda c: c.post("/predict", json={"image": "/etc/passwd"}), 415, "multipart/form-data"),
     (lambda c: c.post("/predict", files={"image": ("a", b"", "image/jpeg")}, data={"other": "1"}), 400, "other"),
-    (lambda c: c.post("/infer", json={"pixels": [[1, 2, 3]]}), 400, "pixels must have shape"),
+    (lambda c: c.post("/infer", json={"pixels": ["AAAA"]}), 400, "pixels must be 32*32*3 = 3072 bytes"),
+    (lambda c: c.post("/infer", json={"pixels": ["not base64!"]}), 400, "pixels must be base64"),
 ])
 def test_bad_input_is_a_4xx_with_a_message_and_the_server_keeps_serving(client, case, status, message):
     r = case(client)
