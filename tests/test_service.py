@@ -209,3 +209,22 @@ def test_demo_page_in_headless_chromium(server, tmp_path):
         browser.close()
     assert gender in ("female", "male") and 1 <= rating <= 5
     assert "not an image" in error
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_bentoml_build_makes_a_bento_with_both_models_offline(served_models):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    bentoml = os.path.join(os.path.dirname(sys.executable), "bentoml")
+    p = subprocess.run([bentoml, "build", "--output", "tag"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    tag = p.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    info = subprocess.run([bentoml, "get", tag, "-o", "json"], capture_output=True, text=True, check=True)
+    models = {m["tag"] for s in json.loads(info.stdout)["services"] for m in s["models"]}
+    assert models == set(served_models.values())
