@@ -95,6 +95,12 @@ def _train_epoch(net, part, cfg, losses, opt, sched, gen, device, desc) -> float
     return total / seen
 
 
+def _save_checkpoint(path: Path, fp: str, net, opt, sched, gen, state: dict) -> None:
+    """Everything a resumed run needs to continue bit for bit (weights, optimizer, LR schedule, RNGs)."""
+    torch.save({"fingerprint": fp, "model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "gen": gen.get_state(), "rng": torch.get_rng_state(), "state": state}, path)
+
+
 def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, device: torch.device,
         checkpoint: Path | None = None, on_epoch: Callable[[dict], None] | None = None,
         stop_after: int | None = None) -> FitResult:
@@ -142,9 +148,7 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, devi
         if on_epoch:
             on_epoch(record)
         if checkpoint:
-            torch.save({"fingerprint": fp, "model": net.state_dict(), "opt": opt.state_dict(),
-                        "sched": sched.state_dict(), "gen": gen.get_state(), "rng": torch.get_rng_state(),
-                        "state": state}, checkpoint)
+            _save_checkpoint(checkpoint, fp, net, opt, sched, gen, state)
         ran += 1
         if stop_after is not None and ran >= stop_after and state["epoch"] < cfg.epochs:
             return FitResult(state["best_state"], state["best_epoch"], state["best_metric"], state["history"], False)
