@@ -36,8 +36,9 @@ def raw_forward_ms(repeats: int = 200) -> float:
 
     from pipeline.model import TaskModel, load_bundle, predict
     from pipeline.preprocess import load_uint8
+    from service.service import THREADS
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(THREADS)                    # as many threads as one server worker uses
     models, size, tta = {}, None, False
     for task in ("gender", "rating"):
         ref = bentoml.models.get(os.environ[f"FACES_{task.upper()}_MODEL"])
@@ -111,7 +112,10 @@ def main() -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     print(f"cpu cores: {os.cpu_count()}, photo {PHOTO.name}, {args.requests} requests per level")
-    print(f"raw forward (2 models, flip TTA, batch 1): {raw:7.2f} ms")
+    from service.service import THREADS, WORKERS
+
+    print(f"server: {WORKERS} workers x {THREADS} torch threads")
+    print(f"raw forward (2 models, flip TTA, batch 1, {THREADS} threads): {raw:7.2f} ms")
     print(f"HTTP /predict at concurrency 1: p50 {p50:7.2f} ms  p99 {p99:7.2f} ms")
     print(f"throughput: c=1 {rps1:7.1f} req/s   c=8 {results[8]:7.1f} req/s   c=32 {results[32]:7.1f} req/s")
     print(f"overhead p50 - raw forward: {p50 - raw:+.2f} ms (target <= +5 ms)")

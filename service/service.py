@@ -34,6 +34,8 @@ EXAMPLE_INPUT = Path(__file__).parent / "example.jpg"
 GENDER_TAG = os.environ.get("FACES_GENDER_MODEL", "faces-gender:latest")
 RATING_TAG = os.environ.get("FACES_RATING_MODEL", "faces-rating:latest")
 MAX_BATCH = 64
+WORKERS = 2                                             # processes, each with its own copy of the models
+THREADS = max(1, (os.cpu_count() or 1) // WORKERS)     # torch threads per worker: no oversubscription
 # replaced by the models' metadata at start-up (validators run in the worker that loaded the models)
 LIMITS = {"max_upload_bytes": 10 * 2**20, "max_pixels": 40_000_000, "image_size": 0}
 
@@ -80,7 +82,7 @@ async def index(_request) -> HTMLResponse:
 @bentoml.asgi_app(Starlette(routes=[Route("/", index)]), path="/")
 # runner_connection: the in-process client behind self.to_async is otherwise recycled every 100
 # requests, failing the requests in flight with 500s under concurrency (seen at 8 and 32 clients)
-@bentoml.service(resources={"gpu": 1, "cpu": "2"}, traffic={"timeout": 60},
+@bentoml.service(resources={"gpu": 1, "cpu": "2"}, traffic={"timeout": 60}, workers=WORKERS,
                  runner_connection={"max_requests": 1_000_000_000, "max_age": 10 * 365 * 86400.0})
 class Faces:
     gender_ref = bentoml.models.BentoModel(GENDER_TAG)
@@ -92,6 +94,7 @@ class Faces:
         from pipeline.model import TaskModel, load_bundle
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch.set_num_threads(THREADS)
         self.models, self.versions, sizes = {}, {}, set()
         for task, ref in (("gender", self.gender_ref), ("rating", self.rating_ref)):
             net, _ = load_bundle(ref.path_of("model.pt"), map_location=self.device)
