@@ -20,6 +20,8 @@ import pandas as pd
 from scipy import stats
 from sklearn import metrics as skm
 
+from pipeline.sources import DEFAULT_LABELS
+
 MAIN_METRIC = {"gender": "accuracy", "rating": "pearson"}     # higher is better for both
 PAPER = [  # SCUT-FBP5500 paper, 60/40 split, ImageNet-pretrained networks (Liang et al., 2018)
     ("AlexNet (pretrained)", 0.8298, 0.2938, 0.3819),
@@ -99,7 +101,7 @@ def report(task: str, m: dict, protocol: str) -> str:
 
 def _protocol(params, parts_sizes: dict[str, int]) -> str:
     ing, sp = params.ingest, params.split
-    labels = ing.label_file or ("FaceScore.csv" if ing.source != "scut" else "SCUT labels")
+    labels = ing.label_file or DEFAULT_LABELS[ing.source]
     sizes = "/".join(str(parts_sizes[p]) for p in ("train", "val", "test"))
     return (f"source `{ing.source}` ({ing.path}), labels `{labels}`, split `{sp.method}` seed {sp.seed} "
             f"(train/val/test {sizes}), {ing.image_size} px, trained from scratch")
