@@ -41,7 +41,7 @@ def load_parts(ingested: Path, split_dir: Path, parts=("train", "val", "test")) 
     out = {}
     for part in parts:
         names = (split_dir / f"{part}.txt").read_text().split()
-        idx = np.sort([row[n] for n in names])          # file order: sequential reads of the memmap
+        idx = np.sort(np.array([row[n] for n in names], dtype=np.int64))   # file order: sequential memmap reads
         out[part] = Part(np.ascontiguousarray(images[idx]), meta.iloc[idx].reset_index(drop=True))
     return out
 
