@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pipeline import data as data_module
+from pipeline import model as model_module
 from pipeline.config import TaskConfig
 from pipeline.data import Augment, Part, augment, batches, load_parts
 from pipeline.evaluate import MAIN_METRIC, compute_metrics
@@ -60,9 +63,10 @@ def _loss_fns(task: str, cfg: TaskConfig) -> dict[str, tuple[nn.Module, float]]:
 
 
 def fingerprint(cfg: TaskConfig, parts: dict[str, Part], heads: list[str]) -> str:
-    """Identifies config + data; a checkpoint is resumed only when this matches."""
+    """Identifies config + data + the training code; a checkpoint is resumed only when this matches."""
+    code = [Path(m.__file__).read_text() for m in (sys.modules[__name__], data_module, model_module)]
     key = json.dumps([dataclasses.asdict(cfg), heads, {p: list(v.meta["filename"]) for p, v in parts.items()},
-                      parts["train"].images.shape], sort_keys=True, default=str)
+                      parts["train"].images.shape, code], sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -95,10 +99,11 @@ def _train_epoch(net, part, cfg, losses, opt, sched, gen, device, desc) -> float
     return total / seen
 
 
-def _save_checkpoint(path: Path, fp: str, net, opt, sched, gen, state: dict) -> None:
-    """Everything a resumed run needs to continue bit for bit (weights, optimizer, LR schedule, RNGs)."""
+def _save_checkpoint(path: Path, fp: str, net, opt, sched, gen, state: dict, finished: bool = False) -> None:
+    """Everything a resumed run needs to continue bit for bit (weights, optimizer, LR schedule, RNGs);
+    `finished` marks a run that ended normally, which the next run does not resume."""
     torch.save({"fingerprint": fp, "model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "gen": gen.get_state(), "rng": torch.get_rng_state(), "state": state}, path)
+                "gen": gen.get_state(), "rng": torch.get_rng_state(), "state": state, "finished": finished}, path)
 
 
 def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, device: torch.device,
@@ -123,7 +128,7 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, devi
              "best_state": copy.deepcopy(net.state_dict())}
     if checkpoint and checkpoint.is_file():
         ck = torch.load(checkpoint, weights_only=True, map_location=device)
-        if ck["fingerprint"] == fp:
+        if ck["fingerprint"] == fp and not ck.get("finished"):     # only an interrupted run resumes
             net.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
             gen.set_state(ck["gen"]), torch.set_rng_state(ck["rng"])
             state = ck["state"]
@@ -152,6 +157,8 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, devi
         ran += 1
         if stop_after is not None and ran >= stop_after and state["epoch"] < cfg.epochs:
             return FitResult(state["best_state"], state["best_epoch"], state["best_metric"], state["history"], False)
+    if checkpoint:
+        _save_checkpoint(checkpoint, fp, net, opt, sched, gen, state, finished=True)
     return FitResult(state["best_state"], state["best_epoch"], state["best_metric"], state["history"])
 
 

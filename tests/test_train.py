@@ -88,3 +88,10 @@ def test_wrong_loss_for_task_is_refused(small_parts):
 def test_device_selection():
     assert select_device("cpu").type == "cpu"
     assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_a_finished_run_is_not_resumed_by_the_next_one(small_parts, tmp_path):
+    cfg = _cfg("gender", epochs=2)
+    fit(_net(cfg, "gender"), small_parts, "gender", cfg, torch.device("cpu"), tmp_path / "d.pt")
+    again = fit(_net(cfg, "gender"), small_parts, "gender", cfg, torch.device("cpu"), tmp_path / "d.pt")
+    assert [h["epoch"] for h in again.history] == [1, 2]     # trained again, not "already done"
