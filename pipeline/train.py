@@ -45,6 +45,12 @@ class FitResult:
     finished: bool = True              # False when stopped by `stop_after` (an interruption)
 
 
+def init_model(mcfg: ModelConfig, heads: list[str], seed: int) -> nn.Module:
+    """Builds the network with seeded initial weights (the run's seed decides them, not the process)."""
+    torch.manual_seed(seed)
+    return build_model(mcfg, heads)
+
+
 def select_device(pref: str) -> torch.device:
     """auto -> cuda when available, else cpu."""
     if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
@@ -180,7 +186,7 @@ def main() -> None:
     parts = load_parts(args.data, args.split, ("train", "val"))
     heads = [args.task, *cfg.aux_tasks]
     mcfg = ModelConfig(cfg.arch, cfg.widths, cfg.dropout, params.ingest.image_size)
-    net = build_model(mcfg, heads)
+    net = init_model(mcfg, heads, cfg.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     tags = {"task": args.task, "arch": cfg.arch, "source": params.ingest.source, "device": device.type}
     with tracking.stage_run(params, f"train-{args.task}", cfg, tags, system_metrics=True) as run_id:

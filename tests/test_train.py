@@ -95,3 +95,12 @@ def test_a_finished_run_is_not_resumed_by_the_next_one(small_parts, tmp_path):
     fit(_net(cfg, "gender"), small_parts, "gender", cfg, torch.device("cpu"), tmp_path / "d.pt")
     again = fit(_net(cfg, "gender"), small_parts, "gender", cfg, torch.device("cpu"), tmp_path / "d.pt")
     assert [h["epoch"] for h in again.history] == [1, 2]     # trained again, not "already done"
+
+
+def test_initial_weights_come_from_the_seed():
+    from pipeline.train import init_model
+
+    cfg = ModelConfig("convnet", (4, 8), 0.0, 16)
+    a, b, c = init_model(cfg, ["gender"], 3), init_model(cfg, ["gender"], 3), init_model(cfg, ["gender"], 4)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
