@@ -27,6 +27,8 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
+from pipeline.model import TaskModel, load_bundle
+from pipeline.model import predict as model_predict
 from pipeline.preprocess import ImageError, fit_square, open_rgb
 from service.guard import UploadGuard
 
@@ -91,8 +93,6 @@ class Faces:
     def __init__(self) -> None:
         import torch
 
-        from pipeline.model import TaskModel, load_bundle
-
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         torch.set_num_threads(THREADS)
         self.models, self.versions, sizes = {}, {}, set()
@@ -122,9 +122,7 @@ class Faces:
 
     def _forward(self, x: np.ndarray) -> list[list[float]]:
         """(N, S, S, 3) uint8 -> [P(male), rating] per photo: the model call of the evaluate stage."""
-        from pipeline.model import predict
-
-        cols = [predict(self.models[t], x, tta_flip=self.tta_flip, device=self.device) for t in ("gender", "rating")]
+        cols = [model_predict(self.models[t], x, tta_flip=self.tta_flip, device=self.device) for t in ("gender", "rating")]
         return np.stack(cols, axis=1).tolist()
 
     @bentoml.api

@@ -33,13 +33,18 @@ def real_data() -> Path:
     return REAL_DATA
 
 
+def venv_env() -> dict[str, str]:
+    """The environment with the venv's tools (dvc, python, mlflow) first on PATH."""
+    import sys
+
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
 def run(cmd: list[str], cwd: Path, timeout: int = 600) -> str:
     """Runs a command with the venv's tools first on PATH; fails the test with its output."""
     import subprocess
-    import sys
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(cmd, cwd=cwd, env=venv_env(), capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     return p.stdout + p.stderr
 

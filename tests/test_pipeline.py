@@ -39,12 +39,11 @@ def test_too_much_quarantine_fails_the_stage_with_a_clear_message(tmp_path):
     for p in sorted((repo / "data/synthetic/images").iterdir())[:5]:
         p.write_bytes(b"")                       # 5 / 48 = 10 % > 2 %
     import subprocess
-    import os
-    import sys
 
-    env = {**os.environ, "PATH": f"{sys.executable.rsplit('/', 1)[0]}:{os.environ['PATH']}"}
+    from conftest import venv_env
+
     p = subprocess.run(["python", "-m", "pipeline.ingest", "--out", "data/ingested", "--report", "r.json"],
-                       cwd=repo, env=env, capture_output=True, text=True)
+                       cwd=repo, env=venv_env(), capture_output=True, text=True)
     assert p.returncode != 0
     assert "FAILED - 10.4% of the rows were quarantined" in p.stderr
     assert "empty file" in p.stdout
