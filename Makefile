@@ -17,6 +17,9 @@ export PATH := $(BIN):$(PATH)
 HOST ?= 127.0.0.1
 PORT ?= 3000
 UI_PORT ?= 5000
+# `make repro PROFILE=scut DATA=<photo folder>`: a params profile (profiles/<name>.yaml) as a DVC experiment
+PROFILE ?=
+DATA ?=
 # the tracking URI lives in params.yaml alone
 TRACKING_URI = $(shell $(BIN)/python -c 'from pipeline.config import load_params; print(load_params().tracking.uri)')
 
@@ -32,8 +35,12 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
-repro: install  ## run the DVC pipeline on the default (synthetic) data
+repro: install  ## the DVC pipeline: synthetic data by default; PROFILE=scut DATA=<folder> for real photos
+ifeq ($(PROFILE)$(DATA),)
 	dvc repro
+else
+	python -m pipeline.config --profile '$(PROFILE)' --data '$(DATA)'
+endif
 
 test: install  ## the test suite (what CI runs)
 	pytest $(PYTEST_ARGS)

@@ -6,10 +6,20 @@ unknown key or a wrong type fails loudly at load time instead of deep inside a s
     from pipeline.config import load_params
     p = load_params()            # params.yaml in the working directory (DVC runs stages at the root)
     p.ingest.image_size          # -> 128
+
+A profile (profiles/<name>.yaml) is a partial params.yaml for another data set or budget. It is applied
+the DVC way, as `dvc exp run -S key=value ...`, so every profile run is a DVC experiment and its stages
+are MLflow runs:
+
+    python -m pipeline.config --profile scut --data ../shared/data/facescore   # = make repro PROFILE=scut DATA=...
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
+import subprocess
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -173,6 +183,56 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return _build(Params, raw, "params")
 
 
+def merge(base: dict, over: dict, where: str = "params") -> dict:
+    """`base` with `over`'s leaves replacing its own; a key `base` does not have raises ParamsError."""
+    out = dict(base)
+    for k, v in over.items():
+        if k not in base:
+            raise ParamsError(f"{where}: unknown key {k!r}")
+        out[k] = merge(base[k], v, f"{where}.{k}") if isinstance(v, dict) and isinstance(base[k], dict) else v
+    return out
+
+
+def flat_overrides(over: dict, prefix: str = "") -> list[str]:
+    """{'train': {'gender': {'epochs': 9}}} -> ['train.gender.epochs=9'] (values as YAML flow text)."""
+    out = []
+    for k, v in over.items():
+        if isinstance(v, dict):
+            out += flat_overrides(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}={json.dumps(v, separators=(',', ':'))}")  # JSON is YAML: DVC parses it back
+    return out
+
+
+def profile_overrides(profile: str | Path, data: str | None = None,
+                      params: str | Path = "params.yaml") -> list[str]:
+    """A profile (a name in profiles/ or a path) + an optional data folder -> `-S` overrides, checked:
+    the merged params must load, so a typo in a profile fails here, before any stage runs."""
+    path = Path(profile) if Path(profile).suffix else Path("profiles") / f"{profile}.yaml"
+    over = (yaml.safe_load(path.read_text(encoding="utf-8")) if profile else None) or {}
+    if data:
+        over = {**over, "ingest": {**over.get("ingest", {}), "path": data}}
+    with open(params, encoding="utf-8") as f:
+        _build(Params, merge(yaml.safe_load(f), over, str(path)), "params")
+    return flat_overrides(over)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Run the pipeline as a DVC experiment with a params profile")
+    ap.add_argument("--profile", default="", help="name in profiles/ (e.g. scut) or a YAML path")
+    ap.add_argument("--data", default="", help="photo folder (sets ingest.path)")
+    ap.add_argument("--dry-run", action="store_true", help="print the dvc command, do not run it")
+    args = ap.parse_args()
+    try:
+        sets = profile_overrides(args.profile, args.data or None)
+    except (OSError, ParamsError) as e:
+        sys.exit(f"profile: {e}")
+    cmd = ["dvc", "exp", "run"] + [a for s in sets for a in ("-S", s)]
+    print(" ".join(cmd), flush=True)
+    if not args.dry_run:
+        sys.exit(subprocess.call(cmd))
+
+
 def as_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
     """Flattens a (nested) params dataclass to {'section.key': value} for logging."""
     out: dict[str, Any] = {}
@@ -184,3 +244,7 @@ def as_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+if __name__ == "__main__":
+    main()

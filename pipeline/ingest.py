@@ -158,6 +158,7 @@ def main() -> None:
     cfg = params.ingest
     labels_path, image_dir = locate(cfg.source, cfg.path, cfg.label_file)
     rows = read_labels(labels_path, cfg.source)
+    print(f"ingest: labels from {labels_path}, images from {image_dir}")
     args.out.mkdir(parents=True, exist_ok=True)
     workers = cfg.workers or os.cpu_count() or 1
     res = ingest(rows, image_dir, cfg.image_size, cfg.max_pixels, args.out / "images.npy", workers)
@@ -175,7 +176,7 @@ def main() -> None:
           f" ({fraction:.1%}); {report['female']} f / {report['male']} m; {tuple(res.images.shape)} uint8")
     for reason, n in report["by_reason"].items():
         print(f"  quarantined: {n:5d}  {reason}")
-    with tracking.stage_run(params, "ingest", cfg):
+    with tracking.stage_run(params, "ingest", cfg, tags={"label_file": str(labels_path)}):
         tracking.log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
         tracking.log_table(res.meta, name=f"{cfg.source}-ingested", source=str(Path(cfg.path).resolve()))
         tracking.log_artifacts([args.out / "quarantine.csv", args.report], "ingest")

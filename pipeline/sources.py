@@ -2,8 +2,9 @@
 
 Layouts (`ingest.source`):
 * `synthetic`, `facescore`: `<path>/FaceScore.csv` (`Filename,Rating`) and `<path>/images/` (or `image/`).
-* `scut`: SCUT-FBP5500 - `<path>/Images/` (or `images/`) and a `name rating` text file
-  (`train_test_files/All_labels.txt` in the release, `SCUT-FBP5500_labels.txt` in ../shared).
+* `scut`: SCUT-FBP5500 - `<path>/Images/` (or `images/`) and a `name rating` text file: the first of
+  `SCUT-FBP5500_labels.txt` (../shared), `train_test_files/All_labels.txt` (the release),
+  `All_labels.txt` that exists; a course copy with only `FaceScore.csv` falls back to it.
 
 Gender and group come from the file name: v1/course names `ftw12.jpg` (f/m, t, w/y) and v2 names
 `AF12.jpg` (A/C = Asian/Caucasian, F/M). Nothing here decides to drop a row: malformed lines are
@@ -20,8 +21,10 @@ from pathlib import Path, PurePosixPath
 GROUPS = {"w": "caucasian", "y": "asian", "C": "caucasian", "A": "asian"}
 V1 = re.compile(r"^(?P<g>[fm])t(?P<grp>[wy])\d+\.(jpe?g|png)$", re.IGNORECASE)
 V2 = re.compile(r"^(?P<grp>[AC])(?P<g>[FM])\d+\.(jpe?g|png)$")
-DEFAULT_LABELS = {"synthetic": "FaceScore.csv", "facescore": "FaceScore.csv",
-                  "scut": "train_test_files/All_labels.txt"}
+# label files each source looks for when ingest.label_file is null, in order of preference
+DEFAULT_LABELS = {"synthetic": ("FaceScore.csv",), "facescore": ("FaceScore.csv",),
+                  "scut": ("SCUT-FBP5500_labels.txt", "train_test_files/All_labels.txt", "All_labels.txt",
+                           "FaceScore.csv")}
 IMAGE_DIRS = ("images", "image", "Images")
 RATING_RANGE = (1.0, 5.0)
 
@@ -63,9 +66,9 @@ def _row(line: int, fields: list[str]) -> LabelRow:
 
 
 def read_labels(label_path: Path, source: str) -> list[LabelRow]:
-    """Parses a course CSV (with header) or a SCUT `name rating` file into LabelRows."""
+    """Parses a course CSV (`.csv`, with header) or a SCUT `name rating` file into LabelRows."""
     with open(label_path, encoding="utf-8-sig", newline="") as f:
-        if source == "scut":
+        if source == "scut" and Path(label_path).suffix.lower() != ".csv":
             rows = [line.split() for line in f]
             return [_row(i, r) for i, r in enumerate(rows, start=1) if r]
         reader = csv.reader(f)
@@ -78,9 +81,10 @@ def read_labels(label_path: Path, source: str) -> list[LabelRow]:
 def locate(source: str, path: str | Path, label_file: str | None) -> tuple[Path, Path]:
     """Finds the label file and the image folder of a data set; raises FileNotFoundError."""
     root = Path(path)
-    labels = root / (label_file or DEFAULT_LABELS[source])
-    if not labels.is_file():
-        raise FileNotFoundError(f"label file {labels} not found (ingest.path / ingest.label_file)")
+    candidates = [root / name for name in ((label_file,) if label_file else DEFAULT_LABELS[source])]
+    labels = next((c for c in candidates if c.is_file()), None)
+    if labels is None:
+        raise FileNotFoundError(f"no label file ({', '.join(map(str, candidates))}) - see ingest.path / ingest.label_file")
     for name in IMAGE_DIRS:
         if (root / name).is_dir():
             return labels, root / name

@@ -49,8 +49,21 @@ def test_locate_finds_the_image_folder_and_reports_what_is_missing(tmp_path):
     (tmp_path / "Images").mkdir()
     (tmp_path / "labels.txt").write_text("")
     assert locate("scut", tmp_path, "labels.txt") == (tmp_path / "labels.txt", tmp_path / "Images")
-    with pytest.raises(FileNotFoundError, match="label file"):
+    with pytest.raises(FileNotFoundError, match="no label file"):
         locate("facescore", tmp_path, None)
+
+
+def test_scut_prefers_official_labels_and_falls_back_to_the_course_csv(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "FaceScore.csv").write_text("Filename,Rating\nftw1.jpg,3.5\n")
+    labels, _ = locate("scut", tmp_path, None)          # a course copy: only FaceScore.csv
+    assert labels.name == "FaceScore.csv"
+    assert [(r.filename, r.rating) for r in read_labels(labels, "scut")] == [("ftw1.jpg", 3.5)]
+    (tmp_path / "train_test_files").mkdir()
+    (tmp_path / "train_test_files" / "All_labels.txt").write_text("ftw1.jpg 2.0\n")
+    assert locate("scut", tmp_path, None)[0] == tmp_path / "train_test_files" / "All_labels.txt"
+    (tmp_path / "SCUT-FBP5500_labels.txt").write_text("ftw1.jpg 2.5\n")
+    assert locate("scut", tmp_path, None)[0] == tmp_path / "SCUT-FBP5500_labels.txt"
 
 
 @pytest.mark.parametrize("name, bad", [
