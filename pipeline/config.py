@@ -91,6 +91,7 @@ class TaskConfig:
     weight_decay: float
     schedule: Literal["onecycle", "cosine"]
     patience: int                  # early stopping: epochs without a better validation metric
+    ema: float                     # decay of a moving average of the weights, validated and kept; 0 = off
     seed: int
     augment: AugmentConfig
 
@@ -204,17 +205,28 @@ def flat_overrides(over: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def profile_overrides(profile: str | Path, data: str | None = None,
-                      params: str | Path = "params.yaml") -> list[str]:
-    """A profile (a name in profiles/ or a path) + an optional data folder -> `-S` overrides, checked:
-    the merged params must load, so a typo in a profile fails here, before any stage runs."""
-    path = Path(profile) if Path(profile).suffix else Path("profiles") / f"{profile}.yaml"
+def _profile(profile: str | Path, data: str | None) -> tuple[dict, str]:
+    """A profile (a name in profiles/ or a YAML path; '' for none) + a data folder -> (overrides, where)."""
+    path = Path(profile) if Path(profile).suffix else Path(__file__).parents[1] / "profiles" / f"{profile}.yaml"
     over = (yaml.safe_load(path.read_text(encoding="utf-8")) if profile else None) or {}
     if data:
         over = {**over, "ingest": {**over.get("ingest", {}), "path": data}}
+    return over, (str(path) if profile else "--data")
+
+
+def load_profile(profile: str | Path, data: str | None = None, params: str | Path = "params.yaml") -> Params:
+    """params.yaml with a profile applied, checked like params.yaml itself."""
+    over, where = _profile(profile, data)
     with open(params, encoding="utf-8") as f:
-        _build(Params, merge(yaml.safe_load(f), over, str(path)), "params")
-    return flat_overrides(over)
+        return _build(Params, merge(yaml.safe_load(f), over, where), "params")
+
+
+def profile_overrides(profile: str | Path, data: str | None = None,
+                      params: str | Path = "params.yaml") -> list[str]:
+    """A profile + an optional data folder -> `-S` overrides, checked: the merged params must load, so
+    a typo in a profile fails here, before any stage runs."""
+    load_profile(profile, data, params)
+    return flat_overrides(_profile(profile, data)[0])
 
 
 def main() -> None:

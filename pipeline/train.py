@@ -84,7 +84,17 @@ def _schedule(cfg: TaskConfig, opt: torch.optim.Optimizer, steps: int):
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
 
 
-def _train_epoch(net, part, cfg, losses, opt, sched, gen, device, desc) -> float:
+def _ema(net: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of the weights (and BN statistics), or None when decay is 0.
+    Validation judges the average: at a high learning rate the raw weights jump between epochs."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _train_epoch(net, part, cfg, losses, opt, sched, gen, device, desc, ema=None) -> float:
     net.train()
     targets = {h: part.targets(h) for h in losses}
     aug = Augment(**dataclasses.asdict(cfg.augment))
@@ -99,17 +109,21 @@ def _train_epoch(net, part, cfg, losses, opt, sched, gen, device, desc) -> float
         loss.backward()
         opt.step()
         sched.step()
+        if ema is not None:
+            ema.update_parameters(net)
         total += loss.item() * len(idx)
         seen += len(idx)
         bar.set_postfix(loss=f"{total / seen:.4f}")
     return total / seen
 
 
-def _save_checkpoint(path: Path, fp: str, net, opt, sched, gen, state: dict, finished: bool = False) -> None:
-    """Everything a resumed run needs to continue bit for bit (weights, optimizer, LR schedule, RNGs);
-    `finished` marks a run that ended normally, which the next run does not resume."""
+def _save_checkpoint(path: Path, fp: str, net, opt, sched, gen, state: dict, finished: bool = False,
+                     ema=None) -> None:
+    """Everything a resumed run needs to continue bit for bit (weights, their average, optimizer, LR
+    schedule, RNGs); `finished` marks a run that ended normally, which the next run does not resume."""
     torch.save({"fingerprint": fp, "model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "gen": gen.get_state(), "rng": torch.get_rng_state(), "state": state, "finished": finished}, path)
+                "gen": gen.get_state(), "rng": torch.get_rng_state(), "state": state, "finished": finished,
+                "ema": ema.state_dict() if ema is not None else None}, path)
 
 
 def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, device: torch.device,
@@ -129,27 +143,31 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, devi
     steps = cfg.epochs * -(-len(parts["train"]) // cfg.batch_size)
     sched = _schedule(cfg, opt, steps)
     gen = torch.Generator().manual_seed(cfg.seed)
+    ema = _ema(net, cfg.ema)
+    judged = ema.module if ema is not None else net               # what validation scores and we keep
     fp = fingerprint(cfg, parts, list(losses))
     state = {"epoch": 0, "best_metric": -float("inf"), "best_epoch": 0, "bad": 0, "history": [],
-             "best_state": copy.deepcopy(net.state_dict())}
+             "best_state": copy.deepcopy(judged.state_dict())}
     if checkpoint and checkpoint.is_file():
         ck = torch.load(checkpoint, weights_only=True, map_location=device)
         if ck["fingerprint"] == fp and not ck.get("finished"):     # only an interrupted run resumes
             net.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
             gen.set_state(ck["gen"]), torch.set_rng_state(ck["rng"])
+            if ema is not None:
+                ema.load_state_dict(ck["ema"])
             state = ck["state"]
     val_y = parts["val"].targets(task).numpy()
     ran = 0
     while state["epoch"] < cfg.epochs and state["bad"] < cfg.patience:
         t0 = time.time()
         epoch = state["epoch"] + 1
-        loss = _train_epoch(net, parts["train"], cfg, losses, opt, sched, gen, device, f"{task} epoch {epoch}")
-        pred = predict(TaskModel(net, task), parts["val"].images, device=device)
+        loss = _train_epoch(net, parts["train"], cfg, losses, opt, sched, gen, device, f"{task} epoch {epoch}", ema)
+        pred = predict(TaskModel(judged, task), parts["val"].images, device=device)
         metric = compute_metrics(task, val_y, pred)[MAIN_METRIC[task]]
         record = {"epoch": epoch, "train_loss": loss, f"val_{MAIN_METRIC[task]}": metric,
                   "lr": sched.get_last_lr()[0], "seconds": time.time() - t0}
         if metric > state["best_metric"]:
-            state.update(best_metric=metric, best_epoch=epoch, bad=0, best_state=copy.deepcopy(net.state_dict()))
+            state.update(best_metric=metric, best_epoch=epoch, bad=0, best_state=copy.deepcopy(judged.state_dict()))
         else:
             state["bad"] += 1
         state["epoch"] = epoch
@@ -159,12 +177,12 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, devi
         if on_epoch:
             on_epoch(record)
         if checkpoint:
-            _save_checkpoint(checkpoint, fp, net, opt, sched, gen, state)
+            _save_checkpoint(checkpoint, fp, net, opt, sched, gen, state, ema=ema)
         ran += 1
         if stop_after is not None and ran >= stop_after and state["epoch"] < cfg.epochs:
             return FitResult(state["best_state"], state["best_epoch"], state["best_metric"], state["history"], False)
     if checkpoint:
-        _save_checkpoint(checkpoint, fp, net, opt, sched, gen, state, finished=True)
+        _save_checkpoint(checkpoint, fp, net, opt, sched, gen, state, finished=True, ema=ema)
     return FitResult(state["best_state"], state["best_epoch"], state["best_metric"], state["history"])
 
 

@@ -98,18 +98,24 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def small_parts(tmp_path_factory):
     """300 synthetic faces at 32 px, split 60/20/20: enough for a model to learn in seconds."""
-    from pipeline.data import Part
     from pipeline.ingest import ingest
     from pipeline.sources import read_labels
-    from pipeline.split import stratified
     from pipeline.synth import generate
 
     out = tmp_path_factory.mktemp("small")
     generate(out, count=300, size=64, seed=2, noise=0.1)
     res = ingest(read_labels(out / "FaceScore.csv", "facescore"), out / "images", 32, 10**8)
+    return split_parts(res, 0.2, 0.2)
+
+
+def split_parts(res, val: float, test: float) -> dict:
+    """An ingest result -> {train, val, test} Parts, stratified (gender x group) with seed 0."""
+    from pipeline.data import Part
+    from pipeline.split import stratified
+
     row = {f: i for i, f in enumerate(res.meta["filename"])}
     parts = {}
-    for name, files in stratified(res.meta, 0.2, 0.2, seed=0).items():
+    for name, files in stratified(res.meta, val, test, seed=0).items():
         idx = [row[f] for f in files]
         parts[name] = Part(res.images[idx], res.meta.iloc[idx].reset_index(drop=True))
     return parts

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ParamsError, as_flat_dict, load_params
+from pipeline.config import ParamsError, as_flat_dict, flat_overrides, load_params, merge, profile_overrides
 
 from conftest import ROOT
 
@@ -43,3 +43,30 @@ def test_int_is_accepted_for_float_and_flattening_names_every_leaf(tmp_path):
     assert p.split.val == 0.0 and isinstance(p.split.val, float)
     flat = as_flat_dict(p)
     assert flat["ingest.image_size"] == p.ingest.image_size and "tracking.uri" in flat
+
+
+def test_the_scut_profile_merges_into_valid_params_and_data_replaces_the_path():
+    sets = profile_overrides("scut", "/data/my copy", params=ROOT / "params.yaml")
+    assert 'ingest.source="scut"' in sets and 'ingest.path="/data/my copy"' in sets
+    assert "train.gender.widths=[24,48,96,192]" in sets and "ingest.label_file=null" in sets
+    # every override reads back (as DVC reads -S values: YAML) to the profile's value
+    raw = yaml.safe_load((ROOT / "profiles" / "scut.yaml").read_text())
+    back = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in sets)}
+    assert back["train.rating.aux_tasks"] == raw["train"]["rating"]["aux_tasks"]
+    assert back["ingest.image_size"] == raw["ingest"]["image_size"]
+
+
+def test_a_profile_with_a_typo_fails_before_anything_runs(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  gender:\n    epoch: 3\n")
+    with pytest.raises(ParamsError, match="unknown key 'epoch'"):
+        profile_overrides(bad, params=ROOT / "params.yaml")
+    bad.write_text("ingest:\n  image_size: big\n")
+    with pytest.raises(ParamsError, match="ingest.image_size: expected int"):
+        profile_overrides(bad, params=ROOT / "params.yaml")
+
+
+def test_merge_replaces_leaves_and_keeps_the_rest():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 3}
+    assert merge(base, {"a": {"c": [5]}}) == {"a": {"b": 1, "c": [5]}, "d": 3}
+    assert flat_overrides({"a": {"c": [5], "s": "x y"}, "n": None}) == ['a.c=[5]', 'a.s="x y"', "n=null"]

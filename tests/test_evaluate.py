@@ -42,3 +42,13 @@ def test_rating_report_sets_our_numbers_beside_the_paper():
     assert "| **ours (from scratch)** |" in md and "Protocol: source `x`" in md
     for name, pc, _, _ in PAPER:
         assert f"| {name} | {pc:.4f} |" in md
+
+
+def test_subgroup_metrics_have_counts_and_rating_mae():
+    t, p = np.array([1.0, 2.0, 3.0, 4.0, 2.0, 3.0]), np.array([1.5, 2.0, 3.0, 4.0, 2.5, 2.0])
+    sub = np.array(["asian_f", "asian_f", "asian_m", "caucasian_f", "caucasian_m", "caucasian_m"])
+    m = compute_metrics("rating", t, p, [np.array([s.split("_")[0] for s in sub]), sub])
+    assert m["n_asian"] == 3 and m["n_asian_f"] == 2 and m["n_caucasian_m"] == 2
+    assert math.isclose(m["mae_asian_f"], 0.25) and math.isclose(m["mae_caucasian_m"], 0.75)
+    assert math.isnan(m["pearson_asian_m"])                    # one photo: no correlation
+    assert "| caucasian_m | 2 |" in report("rating", m, "p")

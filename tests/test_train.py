@@ -52,8 +52,9 @@ def test_multitask_trains_every_head(small_parts):
 
 
 @pytest.mark.slow
-def test_resume_after_interruption_equals_an_uninterrupted_run(small_parts, tmp_path):
-    cfg = _cfg("rating", epochs=4, dropout=0.2)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_after_interruption_equals_an_uninterrupted_run(small_parts, tmp_path, ema):
+    cfg = _cfg("rating", epochs=4, dropout=0.2, ema=ema)
     whole = fit(_net(cfg, "rating"), small_parts, "rating", cfg, torch.device("cpu"), tmp_path / "a.pt")
     cut = fit(_net(cfg, "rating"), small_parts, "rating", cfg, torch.device("cpu"), tmp_path / "b.pt",
               stop_after=2)
@@ -104,3 +105,12 @@ def test_initial_weights_come_from_the_seed():
     a, b, c = init_model(cfg, ["gender"], 3), init_model(cfg, ["gender"], 3), init_model(cfg, ["gender"], 4)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_ema_keeps_the_moving_average_not_the_last_weights(small_parts):
+    cfg = _cfg("gender", epochs=2, patience=2, ema=0.5)
+    net = _net(cfg, "gender")
+    res = fit(net, small_parts, "gender", cfg, torch.device("cpu"))
+    # the kept state is the average: it differs from the trained weights, and its BN statistics too
+    differs = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.equal(v, res.best_state[k])]
+    assert any("running_mean" in k for k in differs) and any(k.endswith("weight") for k in differs)
