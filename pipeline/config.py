@@ -235,6 +235,10 @@ def main() -> None:
     ap.add_argument("--data", default="", help="photo folder (sets ingest.path)")
     ap.add_argument("--dry-run", action="store_true", help="print the dvc command, do not run it")
     args = ap.parse_args()
+    if args.data and not args.profile:
+        # the default params say source `synthetic`: real photos under that name would compete with
+        # synthetic champions in the registry
+        sys.exit("profile: --data (DATA=) needs a profile that names the source, e.g. PROFILE=scut")
     try:
         sets = profile_overrides(args.profile, args.data or None)
     except (OSError, ParamsError) as e:

@@ -70,3 +70,15 @@ def test_merge_replaces_leaves_and_keeps_the_rest():
     base = {"a": {"b": 1, "c": [1, 2]}, "d": 3}
     assert merge(base, {"a": {"c": [5]}}) == {"a": {"b": 1, "c": [5]}, "d": 3}
     assert flat_overrides({"a": {"c": [5], "s": "x y"}, "n": None}) == ['a.c=[5]', 'a.s="x y"', "n=null"]
+
+
+def test_the_profile_command_prints_dvc_exp_run_and_refuses_data_without_a_profile():
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "pipeline.config", "--dry-run"]
+    ok = subprocess.run(cmd + ["--profile", "scut", "--data", "/photos"], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.startswith("dvc exp run -S ingest.source=\"scut\"")
+    assert '-S ingest.path="/photos"' in ok.stdout
+    bad = subprocess.run(cmd + ["--data", "/photos"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 1 and "needs a profile" in bad.stderr

@@ -1,9 +1,11 @@
 """End to end: `dvc repro` of the data stages in a temp copy of the repo (real dvc, GX, MLflow)."""
 import json
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import TINY, copy_repo, run
 
@@ -114,7 +116,11 @@ def test_full_pipeline_and_an_experiment_show_up_as_comparable_mlflow_runs(tmp_p
     assert {"confusion.png", "curves.png", "predictions.csv", "report.md"} <= \
         {p.name for p in (repo / "reports/eval/gender").iterdir()}
     _service_agrees_with_evaluate(repo)
-    run(["dvc", "exp", "run", "-S", "train.gender.epochs=3"], repo)
+    # a profile runs as a DVC experiment (what `make repro PROFILE=...` runs) and leaves its values in params.yaml
+    (repo / "profiles" / "longer.yaml").write_text("train:\n  gender:\n    epochs: 3\n")
+    out = run([sys.executable, "-m", "pipeline.config", "--profile", "profiles/longer.yaml"], repo)
+    assert "dvc exp run -S train.gender.epochs=3" in out
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["gender"]["epochs"] == 3
     runs = _search_runs(mlflow_server(f"sqlite:///{repo}/mlflow.db"), "faces")
     by_task = {}
     for r in runs:
