@@ -57,14 +57,15 @@ def copy_repo(dest: Path, params: dict) -> Path:
 
     import yaml
 
+    from pipeline.config import merge
+
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     for f in files:
         if (ROOT / f).is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dest / f)
-    raw = yaml.safe_load((dest / "params.yaml").read_text())
-    _merge(raw, params)
+    raw = merge(yaml.safe_load((dest / "params.yaml").read_text()), params)
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     for stale in ("dvc.lock",):
         (dest / stale).unlink(missing_ok=True)
@@ -72,14 +73,6 @@ def copy_repo(dest: Path, params: dict) -> Path:
                 ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=dest, check=True)
     return dest
-
-
-def _merge(into: dict, new: dict) -> None:
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict):
-            _merge(into[k], v)
-        else:
-            into[k] = v
 
 
 TINY_TASK = {"widths": [8, 16], "epochs": 2, "batch_size": 16}
