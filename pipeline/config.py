@@ -214,19 +214,23 @@ def _profile(profile: str | Path, data: str | None) -> tuple[dict, str]:
     return over, (str(path) if profile else "--data")
 
 
-def load_profile(profile: str | Path, data: str | None = None, params: str | Path = "params.yaml") -> Params:
-    """params.yaml with a profile applied, checked like params.yaml itself."""
-    over, where = _profile(profile, data)
+def _checked(over: dict, where: str, params: str | Path) -> Params:
     with open(params, encoding="utf-8") as f:
         return _build(Params, merge(yaml.safe_load(f), over, where), "params")
+
+
+def load_profile(profile: str | Path, data: str | None = None, params: str | Path = "params.yaml") -> Params:
+    """params.yaml with a profile applied, checked like params.yaml itself."""
+    return _checked(*_profile(profile, data), params)
 
 
 def profile_overrides(profile: str | Path, data: str | None = None,
                       params: str | Path = "params.yaml") -> list[str]:
     """A profile + an optional data folder -> `-S` overrides, checked: the merged params must load, so
     a typo in a profile fails here, before any stage runs."""
-    load_profile(profile, data, params)
-    return flat_overrides(_profile(profile, data)[0])
+    over, where = _profile(profile, data)          # the profile is read once, checked, then flattened
+    _checked(over, where, params)
+    return flat_overrides(over)
 
 
 def main() -> None:
