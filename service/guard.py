@@ -14,6 +14,18 @@ MAX_BATCH_FILES = 64
 FIELD = re.compile(rb'content-disposition:\s*form-data;\s*name="([^"]*)"', re.IGNORECASE)
 
 
+def _field_names(body: bytes, ctype: str) -> set[bytes]:
+    """Names of the multipart fields, read from each part's headers only: a regex over the whole body
+    would scan every byte of the photos (~0.5 ms for a 50 kB JPEG on the 2-core machine)."""
+    boundary = re.search(r'boundary="?([^";]+)"?', ctype)
+    if boundary is None:
+        return set(FIELD.findall(body))                # malformed: let the full scan find what it can
+    names = set()
+    for part in body.split(b"--" + boundary.group(1).encode("latin-1"))[1:]:
+        names.update(FIELD.findall(part[:part.find(b"\r\n\r\n") + 1 or 4096]))
+    return names
+
+
 async def _reply(send, status: int, message: str) -> None:
     body = json.dumps({"error": message}).encode()
     await send({"type": "http.response.start", "status": status,
@@ -45,7 +57,7 @@ class UploadGuard:
             more = msg.get("more_body", False)
             if len(body) > limit:
                 return await _reply(send, 413, f"upload larger than {limit} bytes")
-        names = set(FIELD.findall(body))
+        names = _field_names(body, ctype)
         unknown = {n.decode("latin-1") for n in names} - ROUTES[path]
         if unknown:
             return await _reply(send, 400, f"unknown field(s) {sorted(unknown)}; expected '{expected}'")

@@ -7,22 +7,24 @@ Models come from the BentoML store (`pipeline/package.py` puts the MLflow champi
 default to the latest `faces-gender` / `faces-rating` and can be pinned with FACES_GENDER_MODEL /
 FACES_RATING_MODEL. Uploads go through the pipeline's own `open_rgb` + `fit_square`, and the model
 call is `pipeline.model.predict`, as in the evaluate stage. A bad upload is a 400 with a message.
+Concurrent /predict and /predict_batch photos share model batches (service/batcher.py); /infer takes
+pixels and is BentoML-`batchable`.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-import anyio
 import bentoml
 import numpy as np
 from bentoml.exceptions import BadInput
-from bentoml.validators import ContentType
 from PIL import Image
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
+from starlette.datastructures import UploadFile
 from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
@@ -30,6 +32,7 @@ from starlette.routing import Route
 from pipeline.model import TaskModel, load_bundle
 from pipeline.model import predict as model_predict
 from pipeline.preprocess import ImageError, fit_square, open_rgb
+from service.batcher import Batcher
 from service.guard import UploadGuard
 
 EXAMPLE_INPUT = Path(__file__).parent / "example.jpg"
@@ -38,26 +41,40 @@ RATING_TAG = os.environ.get("FACES_RATING_MODEL", "faces-rating:latest")
 MAX_BATCH = 64
 WORKERS = 2                                             # processes, each with its own copy of the models
 THREADS = max(1, (os.cpu_count() or 1) // WORKERS)     # torch threads per worker: no oversubscription
+# BentoML opens an OpenTelemetry span per request even when none is exported (its default sample rate
+# is 0); on the 2-core machine that was 0.7 ms of each /predict (bench/serve.py, README). So the photo
+# routes get spans only with FACES_TRACE=1, for when you configure BentoML's tracing exporter.
+UNTRACED = [] if os.environ.get("FACES_TRACE") == "1" else ["/predict", "/infer"]   # regexes: /predict_batch too
 # replaced by the models' metadata at start-up (validators run in the worker that loaded the models)
 LIMITS = {"max_upload_bytes": 10 * 2**20, "max_pixels": 40_000_000, "image_size": 0}
 
 
-def checked_image(path: Path) -> Image.Image:
-    """Upload -> RGB image, or ValueError (BentoML answers 400 with the message, no temp paths)."""
-    size = path.stat().st_size
-    if size > LIMITS["max_upload_bytes"]:
-        raise ValueError(f"file too large: {size} bytes > {LIMITS['max_upload_bytes']}")
+def checked_image(upload: UploadFile | bytes | str | Path | Image.Image) -> Image.Image:
+    """Upload -> RGB image, or ValueError (BentoML answers 400 with the message, no temp paths).
+
+    Runs before BentoML's own PIL decoding (which turns a bad file into a 500) and decodes from the
+    upload in memory: no temporary file per request. Python callers may pass bytes or a path."""
+    if isinstance(upload, UploadFile):
+        ctype = upload.content_type or ""
+        if not fnmatch.fnmatch(ctype, "image/*"):
+            raise ValueError(f"Invalid content type {ctype}, expected image/*")
+        data = upload.file.read()
+    elif isinstance(upload, Image.Image):
+        data = upload
+    else:
+        data = upload if isinstance(upload, bytes) else Path(upload).read_bytes()
+    if isinstance(data, bytes) and len(data) > LIMITS["max_upload_bytes"]:
+        raise ValueError(f"file too large: {len(data)} bytes > {LIMITS['max_upload_bytes']}")
     try:
-        return open_rgb(path, LIMITS["max_pixels"])
+        return data.convert("RGB") if isinstance(data, Image.Image) else open_rgb(data, LIMITS["max_pixels"])
     except ImageError as e:
         raise ValueError(f"unusable image: {e.reason}") from None
 
 
 def checked_pixels(b64: str) -> str:
-    """Raw /infer input, one photo as base64 of its S*S*3 uint8 pixels (row-major, RGB): compact, so
-    the in-process hop behind adaptive batching costs little. Validated per request, so a malformed
-    one never joins (and breaks) a batch. Returns the string itself: BentoML's self-proxy runs the
-    validator on the calling side too, and a string travels as a string."""
+    """Raw /infer input, one photo as base64 of its S*S*3 uint8 pixels (row-major, RGB, already
+    `fit_square`d), for clients that preprocess themselves. Validated per request, so a malformed one
+    never joins (and breaks) an adaptive batch."""
     s = LIMITS["image_size"]
     try:
         raw = base64.b64decode(b64, validate=True)
@@ -69,12 +86,30 @@ def checked_pixels(b64: str) -> str:
 
 
 def encode_pixels(a: np.ndarray) -> str:
-    """(S, S, 3) uint8 -> the /infer wire format."""
+    """(S, S, 3) uint8 -> the /infer wire format (for Python clients of /infer)."""
     return base64.b64encode(np.ascontiguousarray(a, dtype=np.uint8).tobytes()).decode()
 
 
-Photo = Annotated[Path, ContentType("image/*"), AfterValidator(checked_image)]
+Photo = Annotated[Image.Image, BeforeValidator(checked_image)]
 Pixels = Annotated[str, AfterValidator(checked_pixels)]
+
+
+class ModelVersions(BaseModel):
+    gender_version: str
+    rating_version: str
+
+
+class Prediction(BaseModel):
+    """One photo's answer (a typed model: documented in the OpenAPI schema, serialised directly)."""
+    gender: Literal["female", "male"]
+    gender_probability: float = Field(ge=0.5, le=1.0, description="probability of the predicted gender")
+    rating: float = Field(description="predicted attractiveness, on the 1-5 scale of the labels")
+    model: ModelVersions
+
+
+BATCH_SIZES = bentoml.metrics.Histogram(
+    name="faces_predict_batch_size", documentation="photos per model call for /predict and /predict_batch",
+    buckets=(1, 2, 4, 8, 16, 32, 64))
 
 
 async def index(_request) -> HTMLResponse:
@@ -82,10 +117,8 @@ async def index(_request) -> HTMLResponse:
 
 
 @bentoml.asgi_app(Starlette(routes=[Route("/", index)]), path="/")
-# runner_connection: the in-process client behind self.to_async is otherwise recycled every 100
-# requests, failing the requests in flight with 500s under concurrency (seen at 8 and 32 clients)
 @bentoml.service(resources={"gpu": 1, "cpu": "2"}, traffic={"timeout": 60}, workers=WORKERS,
-                 runner_connection={"max_requests": 1_000_000_000, "max_age": 10 * 365 * 86400.0})
+                 tracing={"excluded_urls": UNTRACED})
 class Faces:
     gender_ref = bentoml.models.BentoModel(GENDER_TAG)
     rating_ref = bentoml.models.BentoModel(RATING_TAG)
@@ -105,7 +138,7 @@ class Faces:
         if len(sizes) != 1:
             raise RuntimeError(f"the two models expect different input sizes: {sorted(sizes)}")
         self.size, self.tta_flip = sizes.pop(), bool(meta.get("tta_flip", False))
-        self._in_flight = 0                       # /predict requests being answered by this worker
+        self.batcher = Batcher(self._forward, MAX_BATCH, on_batch=BATCH_SIZES.observe)
         LIMITS.update(max_upload_bytes=meta["max_upload_bytes"], max_pixels=meta["max_pixels"], image_size=self.size)
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH, max_latency_ms=2000)
@@ -113,38 +146,31 @@ class Faces:
         """Photos as base64 pixels (see checked_pixels) -> [P(male), rating] each; concurrent calls
         are merged into one model batch (adaptive batching)."""
         s = self.size
-        return self._forward(np.stack([np.frombuffer(base64.b64decode(p), np.uint8).reshape(s, s, 3) for p in pixels]))
+        return self._forward([np.frombuffer(base64.b64decode(p), np.uint8).reshape(s, s, 3) for p in pixels])
 
-    def _result(self, p_male: float, rating: float) -> dict:
+    def _result(self, p_male: float, rating: float) -> Prediction:
         male = p_male >= 0.5
-        return {"gender": "male" if male else "female", "gender_probability": float(p_male if male else 1 - p_male),
-                "rating": float(rating), "model": dict(self.versions)}
+        return Prediction(gender="male" if male else "female", gender_probability=p_male if male else 1 - p_male,
+                          rating=rating, model=ModelVersions(**self.versions))
 
-    def _forward(self, x: np.ndarray) -> list[list[float]]:
-        """(N, S, S, 3) uint8 -> [P(male), rating] per photo: the model call of the evaluate stage."""
+    def _forward(self, photos: list[np.ndarray]) -> list[list[float]]:
+        """(S, S, 3) uint8 photos -> [P(male), rating] each: the model call of the evaluate stage."""
+        x = np.stack(photos)
         cols = [model_predict(self.models[t], x, tta_flip=self.tta_flip, device=self.device) for t in ("gender", "rating")]
         return np.stack(cols, axis=1).tolist()
 
     @bentoml.api
-    async def predict(self, image: Photo) -> dict:
+    async def predict(self, image: Photo) -> Prediction:
         """One photo (multipart field `image`) -> gender, its probability, rating, model versions."""
-        pixels = fit_square(image, self.size)
-        self._in_flight += 1
-        try:
-            if self._in_flight == 1:     # alone: a batch of one needs no batching hop (~7 ms at c=1)
-                out = await anyio.to_thread.run_sync(self._forward, pixels[None])
-            else:                        # concurrent requests meet in infer's adaptive batches
-                out = await self.to_async.infer([encode_pixels(pixels)])
-        finally:
-            self._in_flight -= 1
-        return self._result(*out[0])
+        (out,) = await self.batcher.run([fit_square(image, self.size)])
+        return self._result(*out)
 
     @bentoml.api
-    async def predict_batch(self, images: list[Photo]) -> list[dict]:
+    async def predict_batch(self, images: list[Photo]) -> list[Prediction]:
         """Several photos (repeated multipart field `images`) -> one result each, in order."""
         if not images:
             raise BadInput("no images")
-        out = await self.to_async.infer([encode_pixels(fit_square(im, self.size)) for im in images])
+        out = await self.batcher.run([fit_square(im, self.size) for im in images])
         return [self._result(*row) for row in out]
 
 

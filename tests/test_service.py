@@ -1,5 +1,6 @@
 """The service in-process (to_asgi + TestClient): API shapes and every kind of bad upload."""
 import io
+import json
 
 import numpy as np
 import pytest
@@ -35,6 +36,7 @@ def test_predict_answers_gender_probability_rating_and_versions(client):
     assert body["gender"] in ("female", "male") and 0.5 <= body["gender_probability"] <= 1
     assert 1 <= body["rating"] <= 5
     assert body["model"] == {"gender_version": "7", "rating_version": "7"}
+    assert "x-bentoml-request-id" not in r.headers          # no tracing span on /predict (service.UNTRACED)
 
 
 @pytest.mark.parametrize("mode, fmt, kw", [("L", "PNG", {}), ("RGBA", "PNG", {}), ("CMYK", "JPEG", {}),
@@ -106,12 +108,28 @@ def test_predict_batch_keeps_order_and_matches_predict(client):
     assert bad.status_code == 400 and "not an image" in bad.text
 
 
+def test_infer_takes_preprocessed_pixels_and_agrees_with_predict(client):
+    from pipeline.preprocess import load_uint8
+    from service.service import EXAMPLE_INPUT, LIMITS, encode_pixels
+
+    pixels = load_uint8(EXAMPLE_INPUT, LIMITS["image_size"], 10**8)
+    r = client.post("/infer", json={"pixels": [encode_pixels(pixels)] * 2})
+    assert r.status_code == 200, r.text
+    (p_male, rating), again = r.json()
+    assert again == [p_male, rating]
+    single = _post(client, EXAMPLE_INPUT.read_bytes()).json()
+    assert rating == pytest.approx(single["rating"], abs=1e-6)
+    assert max(p_male, 1 - p_male) == pytest.approx(single["gender_probability"], abs=1e-6)
+
+
 def test_page_health_and_openapi(client):
     page = client.get("/")
     assert page.status_code == 200 and 'id="file"' in page.text and "/predict" in page.text
     assert client.get("/livez").status_code == 200 and client.get("/readyz").status_code == 200
-    paths = client.get("/docs.json").json()["paths"]
-    assert {"/predict", "/predict_batch"} <= set(paths)
+    docs = client.get("/docs.json").json()
+    assert {"/predict", "/predict_batch", "/infer"} <= set(docs["paths"])
+    answer = docs["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert "gender_probability" in json.dumps(docs["components"]) and answer   # a typed answer, not a free dict
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +194,18 @@ def test_real_server_answers_real_http_and_50_concurrent_requests(server, tiny_f
         with ThreadPoolExecutor(50) as pool:
             codes = list(pool.map(one, range(50)))
         assert codes == [200] * 50
-        metrics = c.get("/metrics").text
-        assert "bentoml_service_adaptive_batch_size" in metrics
+        batches = _histogram(c.get("/metrics").text, "faces_predict_batch_size")
+        assert batches["count"] < batches["sum"], f"50 concurrent photos never shared a model call: {batches}"
+
+
+def _histogram(metrics: str, name: str) -> dict:
+    """Prometheus text -> {"count": model calls, "sum": photos} of one histogram, over all workers."""
+    out = {"count": 0.0, "sum": 0.0}
+    for line in metrics.splitlines():
+        for key in out:
+            if line.startswith(f"{name}_{key}"):
+                out[key] += float(line.rsplit(" ", 1)[1])
+    return out
 
 
 @pytest.mark.slow

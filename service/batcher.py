@@ -1,0 +1,83 @@
+"""In-process micro-batching for /predict: photos that arrive while the model is busy run together.
+
+    batcher = Batcher(forward, max_batch=64)      # forward: list of inputs -> list of outputs
+    out = await batcher.run([x])                   # from any request handler, in the event loop
+
+Greedy, with no timer: a lone request goes to the model at once (no added latency at concurrency 1),
+and under load each batch takes whatever queued up during the previous one, so the batch size follows
+the arrival rate up to `max_batch`. One batch runs at a time per worker process, in a worker thread,
+so the event loop keeps parsing uploads while the model works.
+
+Why not BentoML's `batchable` API for /predict: reaching it from inside the service is an HTTP hop
+through BentoML's self-proxy (serialise, request, parse, validate, answer, parse again). On the 2-core
+machine that hop cost more CPU per photo than the small CNNs themselves (bench/serve.py, README). The
+`/infer` API stays `batchable` for clients that send pixels.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+
+class Batcher:
+    """Runs `forward(list_of_inputs) -> list_of_outputs` on batches of concurrently submitted inputs.
+
+    Args:
+        forward: a blocking function (run in a worker thread); one output per input, in order.
+        max_batch: the most inputs one `forward` call gets.
+        on_batch: called with each batch's size (a metric).
+    """
+
+    def __init__(self, forward: Callable[[list], Sequence], max_batch: int,
+                 on_batch: Callable[[int], Any] | None = None) -> None:
+        self.forward, self.max_batch, self.on_batch = forward, max_batch, on_batch
+        self._queue: list[tuple[Any, asyncio.Future]] = []
+        self._drainer: asyncio.Task | None = None          # a reference keeps the task alive
+        # one long-lived model thread: cheaper to hand work to than anyio's pool, and torch's
+        # per-thread settings (number of intra-op threads) hold for every batch
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+
+    async def run(self, items: Sequence) -> list:
+        """Queues `items` (kept together where they fit one batch) and waits for their outputs.
+
+        Raises:
+            whatever `forward` raised for the batch these items were in.
+        """
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        self._queue.extend(zip(items, futures))
+        if self._drainer is None:
+            self._drainer = loop.create_task(self._drain())
+        try:
+            return [await f for f in futures]
+        except asyncio.CancelledError:                    # the client went away: drop what is queued
+            for f in futures:
+                f.cancel()
+            raise
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+                batch = [(x, f) for x, f in batch if not f.done()]      # a cancelled request needs no forward
+                if not batch:
+                    continue
+                if self.on_batch is not None:
+                    self.on_batch(len(batch))
+                try:
+                    outputs = await asyncio.get_running_loop().run_in_executor(
+                        self._thread, self.forward, [x for x, _ in batch])
+                    if len(outputs) != len(batch):
+                        raise RuntimeError(f"forward gave {len(outputs)} outputs for {len(batch)} inputs")
+                except Exception as e:  # noqa: BLE001 - the error belongs to the requests in this batch
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(e)
+                    continue
+                for (_, f), y in zip(batch, outputs):
+                    if not f.done():
+                        f.set_result(y)
+        finally:
+            self._drainer = None
