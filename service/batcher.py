@@ -52,9 +52,12 @@ class Batcher:
             self._drainer = loop.create_task(self._drain())
         try:
             return [await f for f in futures]
-        except asyncio.CancelledError:                    # the client went away: drop what is queued
+        except BaseException:              # the client went away, or a batch failed: drop the rest
             for f in futures:
-                f.cancel()
+                if f.done() and not f.cancelled():
+                    f.exception()              # retrieved: no "exception was never retrieved" noise
+                else:
+                    f.cancel()
             raise
 
     async def _drain(self) -> None:

@@ -24,8 +24,8 @@ import numpy as np
 from bentoml.exceptions import BadInput
 from PIL import Image
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
-from starlette.datastructures import UploadFile
 from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
@@ -49,24 +49,25 @@ UNTRACED = [] if os.environ.get("FACES_TRACE") == "1" else ["/predict", "/infer"
 LIMITS = {"max_upload_bytes": 10 * 2**20, "max_pixels": 40_000_000, "image_size": 0}
 
 
-def checked_image(upload: UploadFile | bytes | str | Path | Image.Image) -> Image.Image:
+def checked_image(upload: UploadFile | bytes | str | Path) -> Image.Image:
     """Upload -> RGB image, or ValueError (BentoML answers 400 with the message, no temp paths).
 
     Runs before BentoML's own PIL decoding (which turns a bad file into a 500) and decodes from the
-    upload in memory: no temporary file per request. Python callers may pass bytes or a path."""
+    upload in memory: no temporary file per request. In-process callers may pass bytes or a path; a
+    decoded PIL image is refused, since it would skip the pipeline's decode (EXIF, modes, limits)."""
     if isinstance(upload, UploadFile):
         ctype = upload.content_type or ""
         if not fnmatch.fnmatch(ctype, "image/*"):
             raise ValueError(f"Invalid content type {ctype}, expected image/*")
         data = upload.file.read()
-    elif isinstance(upload, Image.Image):
-        data = upload
-    else:
+    elif isinstance(upload, (bytes, str, Path)):
         data = upload if isinstance(upload, bytes) else Path(upload).read_bytes()
-    if isinstance(data, bytes) and len(data) > LIMITS["max_upload_bytes"]:
+    else:
+        raise ValueError("send the photo as a file upload (or, in process, as bytes or a path)")
+    if len(data) > LIMITS["max_upload_bytes"]:
         raise ValueError(f"file too large: {len(data)} bytes > {LIMITS['max_upload_bytes']}")
     try:
-        return data.convert("RGB") if isinstance(data, Image.Image) else open_rgb(data, LIMITS["max_pixels"])
+        return open_rgb(data, LIMITS["max_pixels"])
     except ImageError as e:
         raise ValueError(f"unusable image: {e.reason}") from None
 

@@ -108,6 +108,16 @@ def test_predict_batch_keeps_order_and_matches_predict(client):
     assert bad.status_code == 400 and "not an image" in bad.text
 
 
+def test_in_process_callers_pass_bytes_or_a_path_but_not_a_decoded_image(client, tmp_path):
+    from service.service import checked_image
+
+    data = _img("RGBA", fmt="PNG")
+    (tmp_path / "a.png").write_bytes(data)
+    assert checked_image(data).mode == checked_image(tmp_path / "a.png").mode == "RGB"
+    with pytest.raises(ValueError, match="as a file upload"):
+        checked_image(Image.open(io.BytesIO(data)))      # would skip the pipeline's decode
+
+
 def test_infer_takes_preprocessed_pixels_and_agrees_with_predict(client):
     from pipeline.preprocess import load_uint8
     from service.service import EXAMPLE_INPUT, LIMITS, encode_pixels
