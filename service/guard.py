@@ -22,7 +22,8 @@ def _field_names(body: bytes, ctype: str) -> set[bytes]:
         return set(FIELD.findall(body))                # malformed: let the full scan find what it can
     names = set()
     for part in body.split(b"--" + boundary.group(1).encode("latin-1"))[1:]:
-        names.update(FIELD.findall(part[:part.find(b"\r\n\r\n") + 1 or 4096]))
+        end = part.find(b"\r\n\r\n")                   # a part's headers end at its first blank line
+        names.update(FIELD.findall(part[:end if end >= 0 else 4096]))
     return names
 
 
