@@ -23,8 +23,11 @@ class GatedForward:
         return [x * 10 for x in xs]
 
 
-async def _until(event: threading.Event):
-    await asyncio.to_thread(event.wait, 10)
+async def _busy(b: Batcher, fwd: GatedForward, x) -> asyncio.Task:
+    """Submits [x] and returns once the model is working on it (the gate holds it there)."""
+    first = asyncio.create_task(b.run([x]))
+    await asyncio.to_thread(fwd.entered.wait, 10)
+    return first
 
 
 def test_a_lone_request_goes_to_the_model_alone_and_at_once():
@@ -40,8 +43,7 @@ def test_requests_that_arrive_while_the_model_is_busy_share_the_next_batch_in_or
     async def main():
         fwd, sizes = GatedForward(), []
         b = Batcher(fwd, max_batch=8, on_batch=sizes.append)
-        first = asyncio.create_task(b.run([1]))
-        await _until(fwd.entered)                      # the model is now busy with [1]
+        first = await _busy(b, fwd, 1)
         rest = [asyncio.create_task(b.run([x])) for x in (2, 3, 4)]
         many = asyncio.create_task(b.run([5, 6]))
         await asyncio.sleep(0.05)
@@ -57,8 +59,7 @@ def test_no_batch_exceeds_max_batch():
     async def main():
         fwd = GatedForward()
         b = Batcher(fwd, max_batch=2)
-        first = asyncio.create_task(b.run([0]))
-        await _until(fwd.entered)
+        first = await _busy(b, fwd, 0)
         out = asyncio.create_task(b.run([1, 2, 3, 4, 5]))
         await asyncio.sleep(0.05)
         fwd.gate.set()
@@ -73,8 +74,7 @@ def test_a_failing_batch_fails_only_its_own_requests_and_the_batcher_goes_on():
     async def main():
         fwd = GatedForward(fail_on=2)
         b = Batcher(fwd, max_batch=2)
-        first = asyncio.create_task(b.run([1]))
-        await _until(fwd.entered)
+        first = await _busy(b, fwd, 1)
         doomed = [asyncio.create_task(b.run([x])) for x in (2, 3)]
         fine = asyncio.create_task(b.run([4]))
         await asyncio.sleep(0.05)
@@ -99,8 +99,7 @@ def test_a_request_cancelled_while_queued_is_not_sent_to_the_model():
     async def main():
         fwd = GatedForward()
         b = Batcher(fwd, max_batch=8)
-        first = asyncio.create_task(b.run([1]))
-        await _until(fwd.entered)
+        first = await _busy(b, fwd, 1)
         gone, kept = asyncio.create_task(b.run([2])), asyncio.create_task(b.run([3]))
         await asyncio.sleep(0.01)
         gone.cancel()                                  # the client hung up while waiting
