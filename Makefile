@@ -26,7 +26,7 @@ TRACKING_URI = $(shell $(BIN)/python -c 'from pipeline.config import load_params
 SERVING = models/serving.json
 tag = $(shell $(BIN)/python -c 'import json; print(json.load(open("$(SERVING)"))["$(1)"]["tag"])')
 
-.PHONY: install repro test ui serve build docker-context container-test bench lock clean
+.PHONY: install repro test ui serve build docker-context container-test bench hardening lock clean
 install: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
@@ -65,6 +65,9 @@ container-test: install  ## build the Dockerfile on a locally made base image, r
 
 bench: install  ## serving latency/throughput vs raw forward time (bench/serve.py)
 	python bench/serve.py
+
+hardening: install  ## fuzz, soak, overload and hang-ups against the served champions (~3 min; README "Reliability")
+	python bench/hardening.py
 
 lock:  ## re-resolve requirements.in into requirements.lock (in a throw-away venv)
 	rm -rf /tmp/lock-venv && $(PYTHON) -m venv /tmp/lock-venv

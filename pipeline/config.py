@@ -119,9 +119,17 @@ class ParamReportConfig:
 
 @dataclass(frozen=True)
 class PackageConfig:
+    """Model names and the serving bounds, stored with the models (the service reads them there)."""
     bento_prefix: str              # BentoML model names: <prefix>-gender, <prefix>-rating
-    max_upload_mb: float           # serving limits, stored with the models
-    max_pixels: int
+    max_upload_mb: float           # one photo's file
+    max_request_mb: float          # one request's body, checked from Content-Length before reading
+    max_pixels: int                # one photo (decompression bombs)
+    max_request_pixels: int        # all photos of one request
+    max_batch_files: int           # photos per /predict_batch request (and pixels per /infer call)
+    max_inflight: int              # admitted requests per worker process; the next gets 503
+    retry_after_s: int             # the Retry-After of that 503
+    read_timeout_s: float          # a request body must arrive within this (408)
+    decode_threads: int            # decode + resize threads per worker process
 
 
 @dataclass(frozen=True)

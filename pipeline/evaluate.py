@@ -20,6 +20,7 @@ import pandas as pd
 from scipy import stats
 from sklearn import metrics as skm
 
+from pipeline.atomic import atomic_path, write_text
 from pipeline.sources import locate
 
 MAIN_METRIC = {"gender": "accuracy", "rating": "pearson"}     # higher is better for both
@@ -69,6 +70,11 @@ def _corr(fn, a, b) -> float:
     return float(fn(a, b)[0])
 
 
+def _savefig(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+
+
 def plot(task: str, frame: pd.DataFrame, history: list[dict], out: Path) -> list[Path]:
     """Confusion matrix (gender) or predicted-vs-true scatter (rating), and training curves -> PNGs."""
     import matplotlib
@@ -84,13 +90,13 @@ def plot(task: str, frame: pd.DataFrame, history: list[dict], out: Path) -> list
         ax.plot([1, 5], [1, 5], "k--", lw=1)
         ax.set(xlabel="true rating", ylabel="predicted rating", xlim=(1, 5), ylim=(1, 5))
     ax.set_title(f"{task}: test split")
-    fig.tight_layout(), fig.savefig(paths[0], dpi=110), plt.close(fig)
+    fig.tight_layout(), _savefig(fig, paths[0]), plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs, [h["train_loss"] for h in history], label="train loss")
     key = f"val_{MAIN_METRIC[task]}"
     ax.plot(epochs, [h[key] for h in history], label=key)
-    ax.set(xlabel="epoch"), ax.legend(), fig.tight_layout(), fig.savefig(paths[1], dpi=110), plt.close(fig)
+    ax.set(xlabel="epoch"), ax.legend(), fig.tight_layout(), _savefig(fig, paths[1]), plt.close(fig)
     return paths
 
 
@@ -153,13 +159,14 @@ def main() -> None:
         frame["predicted"] = np.where(y_pred >= 0.5, "m", "f")
     else:
         frame["actual"], frame["predicted"] = y_true, y_pred
-    frame.to_csv(args.out / "predictions.csv", index=False)
+    write_text(args.out / "predictions.csv", frame.to_csv(index=False))
     history = json.loads((args.model / "history.json").read_text())
     pngs = plot(task, frame, history, args.out)
     sizes = {p: len((args.split / f"{p}.txt").read_text().split()) for p in ("train", "val", "test")}
-    (args.out / "report.md").write_text(report(task, m, _protocol(params, sizes)))
+    write_text(args.out / "report.md", report(task, m, _protocol(params, sizes)))
     size = bundle["model_config"]["image_size"]
-    (args.out / "params.md").write_text(to_markdown(layer_table(net, size), f"{task} model ({bundle['model_config']['arch']})"))
+    title = f"{task} model ({bundle['model_config']['arch']})"
+    write_text(args.out / "params.md", to_markdown(layer_table(net, size), title))
     run = json.loads((args.model / "run.json").read_text())
     run_id = run["run_id"]
     name = f"{params.tracking.experiment}-{params.ingest.source}-{task}"
@@ -167,10 +174,11 @@ def main() -> None:
         tracking.log_metrics({f"test_{k}": v for k, v in m.items() if isinstance(v, float)})
         tracking.log_artifacts([*pngs, args.out / "report.md", args.out / "params.md"], "evaluation")
         decision = tracking.register_and_promote(run["model_uri"], name, MAIN_METRIC[task], m[MAIN_METRIC[task]],
-                                                 score_champion=lambda champ: compute_metrics(
-                                                     task, y_true, score(champ))[MAIN_METRIC[task]],
+                                                 score_champion=lambda path: compute_metrics(   # a bundle path
+                                                     task, y_true, score(TaskModel(load_bundle(path)[0], task)))[
+                                                     MAIN_METRIC[task]],
                                                  promote=cfg.promote)
-    (args.out / "metrics.json").write_text(json.dumps({**m, "registry": decision}, indent=2) + "\n")
+    write_text(args.out / "metrics.json", json.dumps({**m, "registry": decision}, indent=2) + "\n")
     shown = {k: round(v, 4) for k, v in m.items() if isinstance(v, float)}
     print(f"evaluate {task}: {shown}\n  registry: {decision}")
 

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.preprocess import ImageError, fit_square, open_rgb
+from pipeline.atomic import atomic_path, write_text
+from pipeline.preprocess import ImageError, lazy_uint8, open_image
 from pipeline.sources import escapes, locate, parse_name, read_labels
 
 META_COLUMNS = ["filename", "gender", "group", "rating", "sha256", "orig_width", "orig_height"]
@@ -78,8 +79,8 @@ def _decode(job: tuple[str, int, int]) -> tuple[np.ndarray | None, str, str, str
         return None, "unreadable file", type(e).__name__, "", 0, 0
     digest = hashlib.sha256(data).hexdigest()
     try:
-        img = open_rgb(data, max_pixels)
-        return fit_square(img, size), "", "", digest, img.width, img.height
+        img = open_image(data, max_pixels)          # header only: the photo's own size, before any draft
+        return lazy_uint8(img, size), "", "", digest, img.width, img.height
     except ImageError as e:
         return None, e.reason, e.detail, digest, 0, 0
 
@@ -134,15 +135,17 @@ def _finalise(scratch: np.ndarray, n: int, out_npy: Path | None, chunk: int = 51
     """Copies the first n rows of the scratch array to the final file in chunks (bounded memory)."""
     if out_npy is None:
         return scratch[:n]
-    final = np.lib.format.open_memmap(out_npy, "w+", np.uint8, (n, *scratch.shape[1:]))
-    for i in range(0, n, chunk):
-        j = min(i + chunk, n)
-        final[i:j] = scratch[i:j]
-    final.flush()
+    with atomic_path(out_npy) as part:         # a kill mid-copy never leaves a short images.npy
+        final = np.lib.format.open_memmap(part, "w+", np.uint8, (n, *scratch.shape[1:]))
+        for i in range(0, n, chunk):
+            j = min(i + chunk, n)
+            final[i:j] = scratch[i:j]
+        final.flush()
+        del final
     tmp = Path(scratch.filename)
     del scratch
     tmp.unlink()
-    return final
+    return np.load(out_npy, mmap_mode="r")
 
 
 def main() -> None:
@@ -162,8 +165,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     workers = cfg.workers or os.cpu_count() or 1
     res = ingest(rows, image_dir, cfg.image_size, cfg.max_pixels, args.out / "images.npy", workers)
-    res.meta.to_parquet(args.out / "meta.parquet", index=False)
-    res.quarantine.to_csv(args.out / "quarantine.csv", index=False)
+    with atomic_path(args.out / "meta.parquet") as tmp:
+        res.meta.to_parquet(tmp, index=False)
+    write_text(args.out / "quarantine.csv", res.quarantine.to_csv(index=False))
     counts = res.counts()
     assert counts["rows_in"] == counts["kept"] + counts["quarantined"], counts
     fraction = counts["quarantined"] / max(counts["rows_in"], 1)
@@ -171,7 +175,7 @@ def main() -> None:
               "by_reason": res.quarantine["reason"].value_counts().to_dict(),
               "female": int((res.meta["gender"] == "f").sum()), "male": int((res.meta["gender"] == "m").sum())}
     args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps(report, indent=2) + "\n")
+    write_text(args.report, json.dumps(report, indent=2) + "\n")
     print(f"ingest: {counts['rows_in']} rows in = {counts['kept']} kept + {counts['quarantined']} quarantined"
           f" ({fraction:.1%}); {report['female']} f / {report['male']} m; {tuple(res.images.shape)} uint8")
     for reason, n in report["by_reason"].items():

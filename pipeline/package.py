@@ -4,13 +4,16 @@
 
 For each task, takes `<experiment>-<source>-<task>@champion` from the MLflow registry, downloads the
 weights bundle of its training run and saves it with `bentoml.models.create` as `<prefix>-<task>`,
-with the preprocessing contract (image size, normalisation) and serving limits as metadata and the
-MLflow model / version / run as labels. A champion that is already in the store is not saved again.
+with the preprocessing contract (image size, normalisation), the serving bounds (params.yaml
+`package`) and the sha256 of the weights as metadata, and the MLflow model / version / run as labels.
+A champion already in the store with the same metadata is not saved again; store entries that a
+killed run left half-written are removed first (`sweep_broken`).
 `serving.json` names the exact BentoML tags; `make serve` serves those.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -18,33 +21,83 @@ from pathlib import Path
 
 import torch
 
+from pipeline.atomic import sha256_file, write_text
 from pipeline.preprocess import MEAN, STD
 
 TASKS = ("gender", "rating")
 
 
-def find_packaged(name: str, labels: dict[str, str]):
-    """The BentoML model `name` whose labels include `labels`, or None."""
+def _store_models_dir() -> Path:
+    """The BentoML model store's folder (BENTOML_HOME/models): BentoML has no public call for it."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.bentoml_home.get()) / "models"
+
+
+def sweep_broken(name: str) -> list[str]:
+    """Removes store entries of `name` that a killed `package` left half-written.
+
+    BentoML copies a new model into the store folder by folder, not atomically; an entry without a
+    readable model.yaml makes every `bentoml.models.list(name)` fail, and one whose model.pt does not
+    match its recorded sha256 would be served. -> the tags removed."""
+    import bentoml
+
+    removed = []
+    folder = _store_models_dir() / name
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if not entry.is_dir():
+            continue                                   # the `latest` pointer file
+        tag = f"{name}:{entry.name}"
+        try:
+            model = bentoml.models.get(tag)
+            recorded = model.info.metadata.get("sha256")
+            intact = recorded is None or (Path(model.path_of("model.pt")).is_file()
+                                          and sha256_file(model.path_of("model.pt")) == recorded)
+        except Exception:  # noqa: BLE001 - a half-written model.yaml raises YAML, OS or BentoML errors
+            intact = False
+        if not intact:
+            shutil.rmtree(entry)
+            removed.append(tag)
+            print(f"package: removed {tag}, a half-written or corrupt store entry")
+    return removed
+
+
+def find_packaged(name: str, labels: dict[str, str], metadata: dict | None = None):
+    """The intact BentoML model `name` whose labels include `labels` (and, when given, whose
+    metadata equals `metadata`: same weights hash, same serving bounds), or None."""
     import bentoml
     from bentoml.exceptions import NotFound
 
+    sweep_broken(name)
     try:
         stored = bentoml.models.list(name)
     except NotFound:                      # no model of that name yet
         return None
     for m in stored:
-        if all(m.info.labels.get(k) == v for k, v in labels.items()):
+        if all(m.info.labels.get(k) == v for k, v in labels.items()) and (
+                metadata is None or m.info.metadata == metadata):
             return m
     return None
 
 
 def save_bundle(name: str, bundle_path: Path, labels: dict[str, str], metadata: dict):
-    """Stores one weights bundle (`model.pt`, loadable with weights_only=True) as a BentoML model."""
+    """Stores one weights bundle (`model.pt`, loadable with weights_only=True) as a BentoML model,
+    with its sha256 in the metadata (the service checks it at start-up)."""
     import bentoml
 
+    metadata = {**metadata, "sha256": sha256_file(bundle_path)}
     with bentoml.models.create(name, labels=labels, metadata=metadata) as bm:
         shutil.copy(bundle_path, bm.path_of("model.pt"))
-    return bm
+    return bentoml.models.get(bm.tag)
+
+
+def serving_metadata(params, bundle: dict, bundle_path: Path) -> dict:
+    """What the service must know to serve a model exactly as it was trained and evaluated."""
+    bounds = {k: v for k, v in dataclasses.asdict(params.package).items() if k != "bento_prefix"}
+    return {"image_size": bundle["model_config"]["image_size"], "mean": list(MEAN), "std": list(STD),
+            "arch": bundle["model_config"]["arch"], "heads": list(bundle["heads"]),
+            "tta_flip": params.evaluate.tta_flip,        # serve exactly as evaluate scored it
+            "serving": bounds, "sha256": sha256_file(bundle_path)}
 
 
 def package(params, task: str, workdir: Path) -> dict:
@@ -56,16 +109,12 @@ def package(params, task: str, workdir: Path) -> dict:
     labels = {"mlflow_model": name, "mlflow_version": str(champ["version"]), "mlflow_run": champ["run_id"],
               "source": params.ingest.source, "task": task}
     bento_name = f"{params.package.bento_prefix}-{task}"
-    existing = find_packaged(bento_name, labels)
+    bundle = torch.load(champ["path"], weights_only=True, map_location="cpu")
+    metadata = {**serving_metadata(params, bundle, Path(champ["path"])),
+                **{k: v for k, v in champ["tags"].items() if k.startswith("test_")}}
+    existing = find_packaged(bento_name, labels, metadata)
     if existing is not None:
         return {"tag": str(existing.tag), "created": False, **labels}
-    bundle = torch.load(champ["path"], weights_only=True, map_location="cpu")
-    cfg = params.package
-    metadata = {"image_size": bundle["model_config"]["image_size"], "mean": list(MEAN), "std": list(STD),
-                "arch": bundle["model_config"]["arch"], "heads": list(bundle["heads"]),
-                "max_upload_bytes": int(cfg.max_upload_mb * 2**20), "max_pixels": cfg.max_pixels,
-                "tta_flip": params.evaluate.tta_flip,       # serve exactly as evaluate scored it
-                **{k: v for k, v in champ["tags"].items() if k.startswith("test_")}}
     bm = save_bundle(bento_name, Path(champ["path"]), labels, metadata)
     return {"tag": str(bm.tag), "created": True, **labels}
 
@@ -81,8 +130,7 @@ def main() -> None:
     params = load_params(args.params)
     with tempfile.TemporaryDirectory() as tmp:
         summary = {task: package(params, task, Path(tmp)) for task in TASKS}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(args.out, json.dumps(summary, indent=2) + "\n")
     for task, s in summary.items():
         state = "saved" if s["created"] else "already in the store"
         print(f"package {task}: {s['mlflow_model']} v{s['mlflow_version']} -> BentoML {s['tag']} ({state})")

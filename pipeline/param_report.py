@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.atomic import write_text
 from pipeline.model import ModelConfig, build_model, count_params
 
 
@@ -131,8 +132,8 @@ def main() -> None:
                              "layers": [asdict(r) for r in rows]}
     except AssertionError as e:
         sys.exit(f"param_report: FAILED - {e}")
-    (args.out / "params.md").write_text("\n".join(md))
-    (args.out / "params.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_text(args.out / "params.md", "\n".join(md))
+    write_text(args.out / "params.json", json.dumps(summary, indent=1) + "\n")
     for name, s in summary.items():
         print(f"param_report: {name:24s} {s['params']:>10,} parameters {s['macs']:>14,} MACs/image")
     with tracking.stage_run(params, "param_report", params.param_report):

@@ -9,6 +9,7 @@ checks it end to end).
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -20,6 +21,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 MAX_SIDE = 20_000   # a side this long is an absurd photo whatever the pixel budget
+DRAFT_FACTOR = 2   # JPEG draft decoding keeps >= 2x the model input (see decode_rgb)
+# Decoders allowed. The multi-picture JPEGs (MPO) many phones write open through JPEG (first frame).
+FORMATS = ("JPEG", "PNG", "WEBP")
 
 
 class ImageError(ValueError):
@@ -30,16 +34,15 @@ class ImageError(ValueError):
         self.reason, self.detail = reason, detail
 
 
-def open_rgb(src: bytes | str | Path | BinaryIO, max_pixels: int) -> Image.Image:
-    """Decodes a photo fully, applies its EXIF orientation and converts any mode to RGB.
+def open_image(src: bytes | str | Path | BinaryIO, max_pixels: int) -> Image.Image:
+    """Reads a photo's header only (cheap: no pixels decoded) and checks it against the limits.
 
-    Args:
-        src: encoded bytes, a path or a binary file object.
-        max_pixels: photos with more pixels are refused before decoding (decompression bombs).
+    Only the formats in FORMATS are opened: each decoder is attack surface, and these cover what
+    cameras, phones and browsers send. Returns a lazy image for `decode_rgb`.
 
     Raises:
-        ImageError: reason is one of 'empty file', 'not an image', 'decompression bomb',
-            'absurd dimensions', 'truncated image', 'corrupt image'.
+        ImageError: 'empty file', 'not an image' (includes formats outside FORMATS),
+            'decompression bomb', 'absurd dimensions', 'corrupt image'.
     """
     if isinstance(src, bytes):
         if not src:
@@ -50,24 +53,50 @@ def open_rgb(src: bytes | str | Path | BinaryIO, max_pixels: int) -> Image.Image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(src)
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageError("decompression bomb", f"{w}x{h} pixels > {max_pixels}")
-            if w < 1 or h < 1 or max(w, h) > MAX_SIDE:
-                raise ImageError("absurd dimensions", f"{w}x{h}")
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
-    except ImageError:
-        raise
+            img = Image.open(src, formats=FORMATS)
     except UnidentifiedImageError as e:
-        raise ImageError("not an image") from e
+        raise ImageError("not an image", f"expected one of {', '.join(FORMATS)}") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError("decompression bomb") from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        reason = "truncated image" if "truncated" in str(e).lower() or isinstance(e, EOFError) else "corrupt image"
-        raise ImageError(reason, type(e).__name__) from e
+    except Exception as e:  # noqa: BLE001 - any header parser failure is a bad file, never a 500
+        raise _decoder_error(e) from e
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageError("decompression bomb", f"{w}x{h} pixels > {max_pixels}")
+    if w < 1 or h < 1 or max(w, h) > MAX_SIDE:
+        raise ImageError("absurd dimensions", f"{w}x{h}")
+    return img
+
+
+def decode_rgb(img: Image.Image, min_side: int = 0) -> Image.Image:
+    """Decodes a lazy image from `open_image`: EXIF orientation applied, any mode -> RGB.
+
+    min_side > 0 lets a JPEG decode at 1/2, 1/4 or 1/8 scale in the DCT (`draft`), as long as the
+    shorter side stays >= min_side: a 12 MP phone photo then costs ~1/64 of the decode time and
+    memory. Callers pass 2x the model input, so the final resize still works from >= 2x the pixels.
+
+    Raises:
+        ImageError: 'truncated image' or 'corrupt image' (any decoder exception: a bad file, never a 500).
+    """
+    try:
+        w, h = img.size
+        if min_side > 0 and min(w, h) >= 2 * min_side:
+            r = min_side / min(w, h)
+            img.draft(img.mode, (max(1, math.ceil(w * r)), max(1, math.ceil(h * r))))
+        img.load()
+        return _to_rgb(ImageOps.exif_transpose(img))
+    except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, struct.error, ...
+        raise _decoder_error(e) from e
+
+
+def _decoder_error(e: Exception) -> ImageError:
+    truncated = "truncated" in str(e).lower() or isinstance(e, EOFError)
+    return ImageError("truncated image" if truncated else "corrupt image", type(e).__name__)
+
+
+def open_rgb(src: bytes | str | Path | BinaryIO, max_pixels: int, min_side: int = 0) -> Image.Image:
+    """`open_image` + `decode_rgb`: a photo -> RGB image. Raises ImageError."""
+    return decode_rgb(open_image(src, max_pixels), min_side)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -93,7 +122,13 @@ def fit_square(img: Image.Image, size: int) -> np.ndarray:
 
 def load_uint8(src: bytes | str | Path | BinaryIO, size: int, max_pixels: int) -> np.ndarray:
     """Photo -> (size, size, 3) uint8: the stored, model-ready form. Raises ImageError."""
-    return fit_square(open_rgb(src, max_pixels), size)
+    return fit_square(open_rgb(src, max_pixels, min_side=DRAFT_FACTOR * size), size)
+
+
+def lazy_uint8(img: Image.Image, size: int) -> np.ndarray:
+    """The rest of `load_uint8` for a photo already opened with `open_image` (the service opens
+    uploads on the event loop to check them, and decodes them in a worker thread)."""
+    return fit_square(decode_rgb(img, min_side=DRAFT_FACTOR * size), size)
 
 
 def to_tensor(images: np.ndarray):

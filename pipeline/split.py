@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from pipeline.atomic import write_text
+
 PARTS = ("train", "val", "test")
 
 
@@ -81,11 +83,11 @@ def main() -> None:
         parts = stratified(meta, cfg.val, cfg.test, cfg.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     for part, names in parts.items():
-        (args.out / f"{part}.txt").write_text("".join(f"{n}\n" for n in names))
+        write_text(args.out / f"{part}.txt", "".join(f"{n}\n" for n in names))
     by_part = {p: meta[meta["filename"].isin(set(n))] for p, n in parts.items()}
     sizes = {p: len(n) for p, n in parts.items()}
     cells = {p: strata(m).value_counts().sort_index().to_dict() for p, m in by_part.items()}
-    args.sizes.write_text(json.dumps({**sizes, "cells": cells}, indent=2) + "\n")
+    write_text(args.sizes, json.dumps({**sizes, "cells": cells}, indent=2) + "\n")
     print("split: " + ", ".join(f"{p} {n}" for p, n in sizes.items()) + f" ({cfg.method}, seed {cfg.seed})")
     with tracking.stage_run(params, "split", cfg):
         tracking.log_metrics({f"{p}_rows": n for p, n in sizes.items()})

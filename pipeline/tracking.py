@@ -128,11 +128,17 @@ def log_torch_model(model, example_images) -> str:
 
 
 def register_and_promote(model_uri: str, name: str, metric: str, value: float,
-                         score_champion: Callable[[Any], float], promote: bool = True) -> dict:
+                         score_champion: Callable[[Path], float], promote: bool = True) -> dict:
     """Registers the logged model as a new version of `name`; moves alias `champion` to it when it
-    beats the current champion, which is re-scored with `score_champion(model)` on the caller's
+    beats the current champion, which is re-scored with `score_champion(bundle_path)` on the caller's
     data - so both are compared on the same test split, whatever split the champion was tested on.
+
+    The champion is re-scored from its training run's weights bundle (`bundle/model.pt`, which the
+    caller loads with `torch.load(weights_only=True)`), not from the logged MLflow model: loading
+    that one unpickles whatever the registry holds, i.e. runs its code.
     """
+    import tempfile
+
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -149,7 +155,10 @@ def register_and_promote(model_uri: str, name: str, metric: str, value: float,
         champ = None
     champ_value = None
     if champ is not None:
-        champ_value = score_champion(mlflow.pytorch.load_model(f"models:/{name}@champion"))
+        run_id = champ.tags.get("run_id") or champ.run_id
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="bundle/model.pt", dst_path=tmp)
+            champ_value = score_champion(Path(path))
     better = champ_value is None or value > champ_value
     if promote and better:
         client.set_registered_model_alias(name, "champion", version)

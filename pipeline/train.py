@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from pipeline import data as data_module
 from pipeline import model as model_module
+from pipeline.atomic import atomic_path, write_text
 from pipeline.config import TaskConfig
 from pipeline.data import Augment, Part, augment, batches, load_parts
 from pipeline.evaluate import MAIN_METRIC, compute_metrics
@@ -121,9 +122,27 @@ def _save_checkpoint(path: Path, fp: str, net, opt, sched, gen, state: dict, fin
                      ema=None) -> None:
     """Everything a resumed run needs to continue bit for bit (weights, their average, optimizer, LR
     schedule, RNGs); `finished` marks a run that ended normally, which the next run does not resume."""
-    torch.save({"fingerprint": fp, "model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "gen": gen.get_state(), "rng": torch.get_rng_state(), "state": state, "finished": finished,
-                "ema": ema.state_dict() if ema is not None else None}, path)
+    with atomic_path(path) as tmp:          # a kill mid-save keeps the previous epoch's checkpoint
+        torch.save({"fingerprint": fp, "model": net.state_dict(), "opt": opt.state_dict(),
+                    "sched": sched.state_dict(), "gen": gen.get_state(), "rng": torch.get_rng_state(),
+                    "state": state, "finished": finished, "ema": ema.state_dict() if ema is not None else None}, tmp)
+
+
+def _read_checkpoint(path: Path | None, device: torch.device) -> dict | None:
+    """The checkpoint at `path`, or None when there is none or it cannot be read (truncated or
+    corrupt, e.g. written by a process killed mid-save before saves were atomic): reported, and
+    training starts over instead of failing on every later run."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        ck = torch.load(path, weights_only=True, map_location=device)
+        if not isinstance(ck, dict) or "fingerprint" not in ck:
+            raise ValueError("not a training checkpoint")
+        return ck
+    except Exception as e:  # noqa: BLE001 - zip, pickle and shape errors all mean "unusable"
+        print(f"train: checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:120]}); starting over",
+              file=sys.stderr)
+        return None
 
 
 def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, device: torch.device,
@@ -148,8 +167,8 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, devi
     fp = fingerprint(cfg, parts, list(losses))
     state = {"epoch": 0, "best_metric": -float("inf"), "best_epoch": 0, "bad": 0, "history": [],
              "best_state": copy.deepcopy(judged.state_dict())}
-    if checkpoint and checkpoint.is_file():
-        ck = torch.load(checkpoint, weights_only=True, map_location=device)
+    ck = _read_checkpoint(checkpoint, device)
+    if ck is not None:
         if ck["fingerprint"] == fp and not ck.get("finished"):     # only an interrupted run resumes
             net.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
             gen.set_state(ck["gen"]), torch.set_rng_state(ck["rng"])
@@ -215,14 +234,15 @@ def main() -> None:
         seconds = time.time() - t0
         bundle = {"state_dict": net.state_dict(), "model_config": dataclasses.asdict(mcfg), "heads": heads,
                   "task": args.task}
-        torch.save(bundle, args.out / "model.pt")
-        (args.out / "history.json").write_text(json.dumps(res.history, indent=1) + "\n")
+        with atomic_path(args.out / "model.pt") as tmp:
+            torch.save(bundle, tmp)
+        write_text(args.out / "history.json", json.dumps(res.history, indent=1) + "\n")
         tracking.log_metrics({"best_epoch": res.best_epoch, f"best_val_{MAIN_METRIC[args.task]}": res.best_metric,
                               "train_seconds": seconds, "params": count_params(net)})
         uri = tracking.log_torch_model(TaskModel(net.cpu().eval(), args.task), parts["val"].images[:2])
         tracking.log_artifacts([args.out / "model.pt"], "bundle")   # what package.py hands to BentoML
     run = {"run_id": run_id, "model_uri": uri, "train_seconds": round(seconds, 1)}
-    (args.out / "run.json").write_text(json.dumps(run) + "\n")
+    write_text(args.out / "run.json", json.dumps(run) + "\n")
     print(f"train {args.task}: best val {MAIN_METRIC[args.task]} {res.best_metric:.4f} at epoch "
           f"{res.best_epoch}/{len(res.history)} in {seconds:.0f} s on {device.type}")
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.atomic import write_text
 from pipeline.sources import GROUPS, RATING_RANGE, parse_name
 
 
@@ -119,8 +120,8 @@ def main() -> None:
     stats = result["statistics"]
     summary = {"success": result["success"], "evaluated": stats["evaluated_expectations"],
                "failed": len(failed), "rows": len(meta), "failures": failed}
-    (args.out / "result.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(args.out / "result.json", json.dumps(result, indent=1, default=str) + "\n")
+    write_text(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     with tracking.stage_run(params, "validate", params.validate):
         tracking.log_metrics({"expectations": summary["evaluated"], "failed": len(failed), "rows": len(meta)})
         tracking.log_artifacts([args.out / "result.json", args.out / "summary.json"], "validate")

@@ -5,25 +5,28 @@
 
 Models come from the BentoML store (`pipeline/package.py` puts the MLflow champions there); the tags
 default to the latest `faces-gender` / `faces-rating` and can be pinned with FACES_GENDER_MODEL /
-FACES_RATING_MODEL. Uploads go through the pipeline's own `open_rgb` + `fit_square`, and the model
-call is `pipeline.model.predict`, as in the evaluate stage. A bad upload is a 400 with a message.
-Concurrent /predict and /predict_batch photos share model batches (service/batcher.py); /infer takes
-pixels and is BentoML-`batchable`.
+FACES_RATING_MODEL. Their weights are checked against the sha256 recorded by `package` before
+anything starts, and their metadata carries the preprocessing contract and the serving bounds
+(service/limits.py). A request passes service/guard.py (admission, headers, multipart structure),
+then BentoML's validators open each upload's header (format allow-list, pixel limits), then a
+bounded thread pool decodes and resizes it with the pipeline's own `lazy_uint8`, and concurrent
+photos share model batches (service/batcher.py). /infer takes pixels and is BentoML-`batchable`.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import fnmatch
+import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Literal
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import BadInput
 from PIL import Image
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.responses import HTMLResponse
@@ -31,52 +34,64 @@ from starlette.routing import Route
 
 from pipeline.model import TaskModel, load_bundle
 from pipeline.model import predict as model_predict
-from pipeline.preprocess import ImageError, fit_square, open_rgb
+from pipeline.preprocess import ImageError, lazy_uint8, open_image
 from service.batcher import Batcher
-from service.guard import UploadGuard
+from service.guard import PHOTO_TYPES, ClientErrorFilter, UploadGuard
+from service.limits import check_models, guard_routes
 
 EXAMPLE_INPUT = Path(__file__).parent / "example.jpg"
 GENDER_TAG = os.environ.get("FACES_GENDER_MODEL", "faces-gender:latest")
 RATING_TAG = os.environ.get("FACES_RATING_MODEL", "faces-rating:latest")
-MAX_BATCH = 64
 WORKERS = 2                                             # processes, each with its own copy of the models
 THREADS = max(1, (os.cpu_count() or 1) // WORKERS)     # torch threads per worker: no oversubscription
 # BentoML opens an OpenTelemetry span per request even when none is exported (its default sample rate
 # is 0); on the 2-core machine that was 0.7 ms of each /predict (bench/serve.py, README). So the photo
 # routes get spans only with FACES_TRACE=1, for when you configure BentoML's tracing exporter.
 UNTRACED = [] if os.environ.get("FACES_TRACE") == "1" else ["/predict", "/infer"]   # regexes: /predict_batch too
-# replaced by the models' metadata at start-up (validators run in the worker that loaded the models)
-LIMITS = {"max_upload_bytes": 10 * 2**20, "max_pixels": 40_000_000, "image_size": 0}
+REFS = {"gender": bentoml.models.BentoModel(GENDER_TAG), "rating": bentoml.models.BentoModel(RATING_TAG)}
+# Read from the stored models (sha256-checked: a corrupt model stops `bentoml serve` here, with a
+# message naming tag, path and hash, before any worker starts - no restart loop).
+LIMITS = check_models(REFS)
+logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
 
 
-def checked_image(upload: UploadFile | bytes | str | Path) -> Image.Image:
-    """Upload -> RGB image, or ValueError (BentoML answers 400 with the message, no temp paths).
+def checked_image(upload: UploadFile | bytes) -> Image.Image:
+    """Upload -> a photo whose header was read and checked (format allow-list, size, pixels); its
+    pixels are decoded later, off the event loop. A ValueError is a 400 with the message (no paths).
 
-    Runs before BentoML's own PIL decoding (which turns a bad file into a 500) and decodes from the
-    upload in memory: no temporary file per request. In-process callers may pass bytes or a path; a
-    decoded PIL image is refused, since it would skip the pipeline's decode (EXIF, modes, limits)."""
+    HTTP uploads arrive as UploadFile (guard.py lets only file parts through); in-process callers may
+    pass bytes. Anything else - a path, a URL, a decoded image - is refused: no input may name a
+    file or host, and a decoded image would skip the pipeline's decode (EXIF, modes, limits)."""
     if isinstance(upload, UploadFile):
-        ctype = upload.content_type or ""
-        if not fnmatch.fnmatch(ctype, "image/*"):
-            raise ValueError(f"Invalid content type {ctype}, expected image/*")
-        data = upload.file.read()
-    elif isinstance(upload, (bytes, str, Path)):
-        data = upload if isinstance(upload, bytes) else Path(upload).read_bytes()
+        ctype = (upload.content_type or "application/octet-stream").lower().encode("latin-1", "replace")
+        if not ctype.startswith(PHOTO_TYPES):
+            raise ValueError(f"Invalid content type {upload.content_type}, expected image/*")
+        data = upload.file.read(LIMITS.max_upload_bytes + 1)
+    elif isinstance(upload, bytes):
+        data = upload
     else:
-        raise ValueError("send the photo as a file upload (or, in process, as bytes or a path)")
-    if len(data) > LIMITS["max_upload_bytes"]:
-        raise ValueError(f"file too large: {len(data)} bytes > {LIMITS['max_upload_bytes']}")
+        raise ValueError("send the photo as a file upload (multipart/form-data; in process: bytes)")
+    if len(data) > LIMITS.max_upload_bytes:
+        raise ValueError(f"file too large: over {LIMITS.max_upload_bytes} bytes")
     try:
-        return open_rgb(data, LIMITS["max_pixels"])
+        return open_image(data, LIMITS.max_pixels)
     except ImageError as e:
         raise ValueError(f"unusable image: {e.reason}") from None
+
+
+def within_budget(images: list[Image.Image]) -> list[Image.Image]:
+    """All photos of one request together stay within the pixel budget (decode time and memory)."""
+    total = sum(im.width * im.height for im in images)
+    if total > LIMITS.max_request_pixels:
+        raise ValueError(f"{total} pixels in this request; at most {LIMITS.max_request_pixels}")
+    return images
 
 
 def checked_pixels(b64: str) -> str:
     """Raw /infer input, one photo as base64 of its S*S*3 uint8 pixels (row-major, RGB, already
     `fit_square`d), for clients that preprocess themselves. Validated per request, so a malformed one
     never joins (and breaks) an adaptive batch."""
-    s = LIMITS["image_size"]
+    s = LIMITS.image_size
     try:
         raw = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
@@ -91,7 +106,29 @@ def encode_pixels(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a, dtype=np.uint8).tobytes()).decode()
 
 
+def pow2_chunks(n: int) -> list[tuple[int, int]]:
+    """[0, n) as consecutive chunks of descending powers of two (37 -> 32, 4, 1).
+
+    Every distinct batch shape makes torch/oneDNN build and keep kernels and buffers for it: with
+    batches of any size from 1 to 64 a worker grew by ~540 MB before levelling off, with power-of-two
+    shapes it stayed flat (README, Reliability). Splitting, unlike padding, wastes no compute."""
+    out, start = [], 0
+    for bit in reversed(range(max(n, 1).bit_length())):
+        if n & (1 << bit):
+            out.append((start, start + (1 << bit)))
+            start += 1 << bit
+    return out
+
+
+def bad_photo(field: str, message: str) -> ValidationError:
+    """A 400 shaped like BentoML's own validation errors ({"error", "detail": [{"msg"}]}), for
+    problems found after validation (while decoding)."""
+    return ValidationError.from_exception_data("Input", [
+        {"type": "value_error", "loc": (field,), "input": None, "ctx": {"error": ValueError(message)}}])
+
+
 Photo = Annotated[Image.Image, BeforeValidator(checked_image)]
+Photos = Annotated[list[Photo], Field(min_length=1, max_length=LIMITS.max_batch_files), AfterValidator(within_budget)]
 Pixels = Annotated[str, AfterValidator(checked_pixels)]
 
 
@@ -111,6 +148,19 @@ class Prediction(BaseModel):
 BATCH_SIZES = bentoml.metrics.Histogram(
     name="faces_predict_batch_size", documentation="photos per model call for /predict and /predict_batch",
     buckets=(1, 2, 4, 8, 16, 32, 64))
+GUARD_EVENTS = bentoml.metrics.Counter(
+    name="faces_guard_events", documentation="model-route requests refused (4xx), shed (503) or "
+    "abandoned by their client (client_gone)", labelnames=["event"])
+INFLIGHT = bentoml.metrics.Gauge(
+    name="faces_inflight_requests", documentation="model-route requests admitted and not yet answered",
+    multiprocess_mode="livesum")
+
+
+def guard_metrics(event: str, value: int = 1) -> None:
+    if event == "inflight":
+        INFLIGHT.set(value)
+    else:
+        GUARD_EVENTS.labels(event=event).inc(value)
 
 
 async def index(_request) -> HTMLResponse:
@@ -118,31 +168,33 @@ async def index(_request) -> HTMLResponse:
 
 
 @bentoml.asgi_app(Starlette(routes=[Route("/", index)]), path="/")
+# The access log's request type/length fields are off: BentoML decodes those request headers as UTF-8
+# when it logs the answer, so one non-UTF-8 byte in a Content-Type turned any answer into a dropped
+# connection with an ERROR traceback (found by bench/hardening.py's fuzz).
 @bentoml.service(resources={"gpu": 1, "cpu": "2"}, traffic={"timeout": 60}, workers=WORKERS,
-                 tracing={"excluded_urls": UNTRACED})
+                 tracing={"excluded_urls": UNTRACED},
+                 logging={"access": {"request_content_type": False, "request_content_length": False}})
 class Faces:
-    gender_ref = bentoml.models.BentoModel(GENDER_TAG)
-    rating_ref = bentoml.models.BentoModel(RATING_TAG)
+    gender_ref = REFS["gender"]
+    rating_ref = REFS["rating"]
 
     def __init__(self) -> None:
         import torch
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         torch.set_num_threads(THREADS)
-        self.models, self.versions, sizes = {}, {}, set()
+        self.models, self.versions = {}, {}
         for task, ref in (("gender", self.gender_ref), ("rating", self.rating_ref)):
             net, _ = load_bundle(ref.path_of("model.pt"), map_location=self.device)
             self.models[task] = TaskModel(net, task).to(self.device).eval()
-            meta = ref.info.metadata
             self.versions[f"{task}_version"] = ref.info.labels.get("mlflow_version", str(ref.tag.version))
-            sizes.add(meta["image_size"])
-        if len(sizes) != 1:
-            raise RuntimeError(f"the two models expect different input sizes: {sorted(sizes)}")
-        self.size, self.tta_flip = sizes.pop(), bool(meta.get("tta_flip", False))
-        self.batcher = Batcher(self._forward, MAX_BATCH, on_batch=BATCH_SIZES.observe)
-        LIMITS.update(max_upload_bytes=meta["max_upload_bytes"], max_pixels=meta["max_pixels"], image_size=self.size)
+        self.limits = LIMITS
+        self.size, self.tta_flip = LIMITS.image_size, LIMITS.tta_flip
+        self.batcher = Batcher(self._forward, LIMITS.max_batch, on_batch=BATCH_SIZES.observe)
+        # decode + resize run here, not on the event loop (which keeps accepting and answering)
+        self.decoder = ThreadPoolExecutor(LIMITS.decode_threads, thread_name_prefix="decode")
 
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH, max_latency_ms=2000)
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=LIMITS.max_batch, max_latency_ms=2000)
     def infer(self, pixels: list[Pixels]) -> list[list[float]]:
         """Photos as base64 pixels (see checked_pixels) -> [P(male), rating] each; concurrent calls
         are merged into one model batch (adaptive batching)."""
@@ -155,24 +207,41 @@ class Faces:
                           rating=rating, model=ModelVersions(**self.versions))
 
     def _forward(self, photos: list[np.ndarray]) -> list[list[float]]:
-        """(S, S, 3) uint8 photos -> [P(male), rating] each: the model call of the evaluate stage."""
+        """(S, S, 3) uint8 photos -> [P(male), rating] each: the model call of the evaluate stage,
+        run on power-of-two chunks of the batch (see `pow2_chunks`)."""
         x = np.stack(photos)
-        cols = [model_predict(self.models[t], x, tta_flip=self.tta_flip, device=self.device) for t in ("gender", "rating")]
-        return np.stack(cols, axis=1).tolist()
+        rows = []
+        for a, b in pow2_chunks(len(x)):
+            cols = [model_predict(self.models[t], x[a:b], tta_flip=self.tta_flip, device=self.device)
+                    for t in ("gender", "rating")]
+            rows.extend(np.stack(cols, axis=1).tolist())
+        return rows
+
+    async def _decode(self, images: list[Image.Image], field: str) -> list[np.ndarray]:
+        """Checked photos -> (S, S, 3) uint8 each, decoded and resized in the bounded pool."""
+        loop = asyncio.get_running_loop()
+        out = []
+        for im in images:
+            try:
+                out.append(await loop.run_in_executor(self.decoder, lazy_uint8, im, self.size))
+            except ImageError as e:
+                raise bad_photo(field, f"unusable image: {e.reason}") from None
+        return out
 
     @bentoml.api
     async def predict(self, image: Photo) -> Prediction:
-        """One photo (multipart field `image`) -> gender, its probability, rating, model versions."""
-        (out,) = await self.batcher.run([fit_square(image, self.size)])
+        """One photo (multipart file field `image`: JPEG, PNG or WebP) -> gender, its probability,
+        rating, model versions."""
+        (out,) = await self.batcher.run(await self._decode([image], "image"))
         return self._result(*out)
 
     @bentoml.api
-    async def predict_batch(self, images: list[Photo]) -> list[Prediction]:
-        """Several photos (repeated multipart field `images`) -> one result each, in order."""
-        if not images:
-            raise BadInput("no images")
-        out = await self.batcher.run([fit_square(im, self.size) for im in images])
+    async def predict_batch(self, images: Photos) -> list[Prediction]:
+        """Several photos (repeated multipart file field `images`) -> one result each, in order."""
+        out = await self.batcher.run(await self._decode(images, "images"))
         return [self._result(*row) for row in out]
 
 
-Faces.add_asgi_middleware(UploadGuard, max_bytes=lambda: LIMITS["max_upload_bytes"])
+Faces.add_asgi_middleware(UploadGuard, routes=guard_routes(LIMITS), max_inflight=LIMITS.max_inflight,
+                          retry_after_s=LIMITS.retry_after_s, read_timeout_s=LIMITS.read_timeout_s,
+                          metrics=guard_metrics)

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny synthetic face sets and photos that are broken on purpose."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -121,11 +122,18 @@ def tiny_bundle(path: Path, task: str, size: int = 32, seed: int = 0) -> Path:
     from pipeline.model import ModelConfig, build_model
 
     torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
     cfg = ModelConfig("convnet", (4, 8), 0.0, size)
     net = build_model(cfg, [task])
     torch.save({"state_dict": net.state_dict(), "model_config": {**cfg.__dict__, "widths": list(cfg.widths)},
                 "heads": [task], "task": task}, path)
     return path
+
+
+# the serving bounds of the test models (params.yaml `package` without the name prefix; smaller numbers)
+TEST_SERVING = {"max_upload_mb": 1, "max_request_mb": 3, "max_pixels": 4_000_000, "max_request_pixels": 6_000_000,
+                "max_batch_files": 4, "max_inflight": 8, "retry_after_s": 1, "read_timeout_s": 15,
+                "decode_threads": 1}
 
 
 @pytest.fixture(scope="session")
@@ -136,8 +144,55 @@ def served_models(tmp_path_factory) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("bundles")
     tags = {}
     for task in ("gender", "rating"):
-        meta = {"image_size": 32, "max_upload_bytes": 2**20, "max_pixels": 4_000_000, "tta_flip": True}
+        meta = {"image_size": 32, "tta_flip": True, "serving": TEST_SERVING}
         bm = save_bundle(f"test-{task}", tiny_bundle(tmp / f"{task}.pt", task), {"mlflow_version": "7"}, meta)
         tags[task] = str(bm.tag)
         os.environ[f"FACES_{task.upper()}_MODEL"] = tags[task]
     return tags
+
+
+@pytest.fixture(scope="session")
+def server(server_process) -> str:
+    return server_process[0]
+
+
+@pytest.fixture(scope="session")
+def server_process(served_models):
+    """`bentoml serve` of the test models on a free loopback port: (url, pid)."""
+    with serving() as started:
+        yield started
+
+
+@contextlib.contextmanager
+def serving(stop_timeout: float = 30):
+    """`bentoml serve` in a subprocess on a free loopback port (its own process group) -> (url, pid);
+    SIGTERM on exit, SIGKILL if it has not stopped after `stop_timeout` s."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    bentoml = os.path.join(os.path.dirname(sys.executable), "bentoml")
+    proc = subprocess.Popen([bentoml, "serve", "service.service:Faces", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/readyz", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("bentoml serve did not become ready in 60 s")
+        yield url, proc.pid
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=stop_timeout)
+        except subprocess.TimeoutExpired:          # graceful shutdown stuck: kill, and let the caller see it
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            raise

@@ -163,3 +163,36 @@ def _service_agrees_with_evaluate(repo):
     for name, (p_male, r) in served.items():
         assert p_male == pytest.approx(gender[name], abs=1e-5), name
         assert r == pytest.approx(rating[name], abs=1e-5), name
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_dvc_repro_killed_mid_training_and_mid_evaluation_then_finishes_with_no_cleanup(tmp_path):
+    """kill -9 of the whole `dvc repro` process group at two points; a plain rerun then completes,
+    and what it packaged passes the service's start-up check."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import venv_env
+
+    tiny = {**TINY, "train": {t: {**TINY["train"][t], "epochs": 4} for t in ("gender", "rating")}}
+    repo = copy_repo(tmp_path, tiny)
+    for marker in ("models/gender/checkpoint.pt", "reports/eval/gender/metrics.json"):
+        p = subprocess.Popen(["dvc", "repro"], cwd=repo, env=venv_env(), start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while not (repo / marker).exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.poll() is None, f"dvc repro ended before {marker} appeared"
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+    out = run(["dvc", "repro"], repo, timeout=900)
+    assert "package gender" in out and "package rating" in out
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo) or "up to date" in run(
+        ["dvc", "status"], repo)
+    serving = json.loads((repo / "models/serving.json").read_text())
+    check = ("import sys; from service.limits import check_models; import bentoml; print(check_models("
+             "{t: bentoml.models.get(sys.argv[i + 1]) for i, t in enumerate(('gender', 'rating'))}))")
+    assert "Limits(" in run([sys.executable, "-c", check, serving["gender"]["tag"], serving["rating"]["tag"]], repo)

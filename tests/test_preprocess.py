@@ -75,3 +75,49 @@ def test_to_tensor_shape_range_and_normalisation():
     assert torch.allclose(x[0], torch.full_like(x[0], (0 - MEAN[0]) / STD[0]))
     assert torch.allclose(x[1], torch.full_like(x[1], (1 - MEAN[0]) / STD[0]))
     assert to_tensor(batch[0]).shape == (1, 3, 8, 8)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF", "ICO"])
+def test_only_allow_listed_decoders_open(fmt):
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(buf, fmt)
+    with pytest.raises(ImageError) as e:
+        open_rgb(buf.getvalue(), 10**6)
+    assert e.value.reason == "not an image"
+
+
+def test_any_decoder_exception_is_an_image_error(monkeypatch):
+    """Decoders raise more than OSError (struct.error, IndexError, ...): all are a bad file, never a 500."""
+    from PIL import ImageFile
+
+    from pipeline import preprocess
+
+    def explode(self):
+        raise IndexError("decoder bug")
+
+    lazy = preprocess.open_image(_encode(Image.new("RGB", (8, 8))), 10**6)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", explode)
+    with pytest.raises(ImageError) as e:
+        preprocess.decode_rgb(lazy)
+    assert e.value.reason == "corrupt image" and e.value.detail == "IndexError"
+
+
+def test_big_jpegs_decode_in_draft_mode_close_to_a_full_decode():
+    from pipeline.preprocess import DRAFT_FACTOR, lazy_uint8, open_image
+
+    big = Image.radial_gradient("L").resize((1200, 1000)).convert("RGB")     # smooth, like a face photo
+    data = _encode(big, "JPEG", quality=92)
+    img = open_image(data, 10**7)
+    img.draft(img.mode, (1200 // 4, 1000 // 4))
+    assert img.size == (300, 250)                         # the decoder does scale by 1/4 here
+    drafted = lazy_uint8(open_image(data, 10**7), 64)     # min side 1000 >= 4 * 2 * 64: 1/4 scale
+    full = fit_square(open_rgb(data, 10**7), 64)          # min_side 0: no draft
+    assert DRAFT_FACTOR == 2 and drafted.shape == full.shape == (64, 64, 3)
+    assert np.abs(drafted.astype(int) - full.astype(int)).mean() < 2.0
+
+
+def test_a_multi_frame_image_uses_its_first_frame():
+    frames = [Image.new("RGB", (32, 32), c) for c in ((250, 0, 0), (0, 0, 250))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    assert tuple(load_uint8(buf.getvalue(), 8, 10**6)[4, 4]) == (250, 0, 0)

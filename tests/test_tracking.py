@@ -1,6 +1,8 @@
 import dataclasses
 
+import numpy as np
 import pytest
+import torch
 
 from pipeline import tracking
 from pipeline.config import load_params
@@ -38,26 +40,26 @@ def test_data_hash_without_a_lock_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_champion_moves_only_when_beaten_on_the_same_test_split(params):
+def test_champion_moves_only_when_beaten_on_the_same_test_split(params, tmp_path):
     import mlflow
-    import numpy as np
-    import torch
     from mlflow import MlflowClient
 
-    from pipeline.model import ModelConfig, TaskModel, build_model
+    from conftest import tiny_bundle
+    from pipeline.model import TaskModel, load_bundle
 
     tracking.setup(params)
-    images = np.zeros((2, 16, 16, 3), np.uint8)
+    images = np.zeros((2, 32, 32, 3), np.uint8)
     uris = []
-    for _ in range(3):
+    for seed in range(3):
         with mlflow.start_run():
-            net = build_model(ModelConfig("convnet", (4,), 0.0, 16), ["rating"])
-            uris.append(tracking.log_torch_model(TaskModel(net, "rating").eval(), images))
+            bundle = tiny_bundle(tmp_path / f"{seed}" / "model.pt", "rating", seed=seed)
+            uris.append(tracking.log_torch_model(TaskModel(load_bundle(bundle)[0], "rating").eval(), images))
+            tracking.log_artifacts([bundle], "bundle")
+    first_weights = load_bundle(tmp_path / "0" / "model.pt")[1]["state_dict"]
     seen = []
 
-    def rescore(model):                   # the champion re-scored on "this" split: 0.6
-        out = model(torch.zeros(2, 3, 16, 16))
-        seen.append(tuple(out.shape))
+    def rescore(path):                    # the champion re-scored on "this" split: 0.6
+        seen.append(load_bundle(path)[1]["state_dict"])      # weights_only: the bundle, never a pickle
         return 0.6
 
     first = tracking.register_and_promote(uris[0], "t-rating", "pearson", 0.5, rescore)
@@ -67,4 +69,6 @@ def test_champion_moves_only_when_beaten_on_the_same_test_split(params):
     third = tracking.register_and_promote(uris[2], "t-rating", "pearson", 0.7, rescore)
     assert third["promoted"] and third["version"] == 3
     assert int(MlflowClient().get_model_version_by_alias("t-rating", "champion").version) == 3
-    assert seen == [(2,), (2,)]           # the loaded champion is the TaskModel: (B, 3, S, S) -> (B,)
+    assert len(seen) == 2                 # both times the champion was version 1: its own weights
+    for got in seen:
+        assert all(torch.equal(got[k], first_weights[k]) for k in first_weights)

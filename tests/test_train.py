@@ -114,3 +114,79 @@ def test_ema_keeps_the_moving_average_not_the_last_weights(small_parts):
     # the kept state is the average: it differs from the trained weights, and its BN statistics too
     differs = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.equal(v, res.best_state[k])]
     assert any("running_mean" in k for k in differs) and any(k.endswith("weight") for k in differs)
+
+
+# A training process killed with SIGKILL at the given point. `step:N`: at the N-th optimizer step of
+# this process; `save:N`: in the middle of its N-th torch.save (half the bytes written and synced).
+KILL_DRIVER = r'''
+import io, os, pickle, signal, sys
+import torch
+from pipeline import train
+kill_at, ck, out, inputs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+parts, cfg = pickle.load(open(inputs, "rb"))
+torch.set_num_threads(1)
+what, n, count = kill_at.split(":")[0], int(kill_at.split(":")[-1] or 0), [0]
+if what == "step":
+    step = torch.optim.AdamW.step
+    def killing_step(self, *a, **k):
+        count[0] += 1
+        if count[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return step(self, *a, **k)
+    torch.optim.AdamW.step = killing_step
+elif what == "save":
+    save = torch.save
+    def killing_save(obj, f, *a, **k):
+        count[0] += 1
+        if count[0] == n:
+            buf = io.BytesIO(); save(obj, buf); data = buf.getvalue()
+            with open(f, "wb") as fh:
+                fh.write(data[: len(data) // 2]); fh.flush(); os.fsync(fh.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        return save(obj, f, *a, **k)
+    torch.save = killing_save
+torch.manual_seed(0)
+net = train.build_model(train.ModelConfig("convnet", cfg.widths, cfg.dropout, 32), ["rating"])
+res = train.fit(net, parts, "rating", cfg, torch.device("cpu"), __import__("pathlib").Path(ck))
+buf = io.BytesIO(); torch.serialization.save(res.best_state, buf); open(out, "wb").write(buf.getvalue())
+'''
+
+
+@pytest.mark.slow
+def test_killed_at_any_point_incl_mid_checkpoint_save_a_rerun_ends_with_the_uninterrupted_weights(
+        small_parts, tmp_path):
+    import pickle
+    import subprocess
+    import sys
+
+    from conftest import venv_env
+
+    cfg = _cfg("rating", epochs=3, dropout=0.2)
+    whole = fit(_net(cfg, "rating"), small_parts, "rating", cfg, torch.device("cpu"), tmp_path / "whole.pt")
+    (tmp_path / "in.pkl").write_bytes(pickle.dumps((small_parts, cfg)))
+    ck, out = tmp_path / "ck.pt", tmp_path / "best.pt"
+    steps = -(-len(small_parts["train"]) // cfg.batch_size)            # optimizer steps per epoch
+    # mid-epoch 1; mid-save of epoch 1's checkpoint (nothing to resume: starts over); mid-epoch 2
+    # after a resume from epoch 1; mid-save of epoch 2's checkpoint (epoch 1's survives)
+    for point in ("step:3", "save:1", f"step:{steps + 2}", "save:2"):
+        p = subprocess.run([sys.executable, "-c", KILL_DRIVER, point, str(ck), str(out), str(tmp_path / "in.pkl")],
+                           cwd=ROOT, env=venv_env(), capture_output=True, text=True, timeout=300)
+        assert p.returncode == -9, f"{point}: {p.returncode}\n{p.stderr[-2000:]}"
+        assert not out.exists()
+    assert not list(tmp_path.glob(".ck.pt.tmp-*")) or ck.is_file()      # a stray temp file at most
+    p = subprocess.run([sys.executable, "-c", KILL_DRIVER, "none:", str(ck), str(out), str(tmp_path / "in.pkl")],
+                       cwd=ROOT, env=venv_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    resumed = torch.load(out, weights_only=True)
+    for k, v in whole.best_state.items():
+        assert torch.equal(v, resumed[k]), k
+
+
+def test_an_unreadable_checkpoint_is_reported_and_training_starts_over(small_parts, tmp_path, capsys):
+    cfg = _cfg("gender", epochs=1)
+    ck = tmp_path / "ck.pt"
+    ck.write_bytes(b"PK\x03\x04 half a zip file")                 # what a non-atomic save killed mid-way left
+    res = fit(_net(cfg, "gender"), small_parts, "gender", cfg, torch.device("cpu"), ck)
+    assert [h["epoch"] for h in res.history] == [1]
+    assert "is unreadable" in capsys.readouterr().err
+    assert torch.load(ck, weights_only=True)["finished"]          # replaced by a good one

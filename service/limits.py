@@ -1,0 +1,103 @@
+"""What the service takes from the stored models: verified weights and the serving contract.
+
+`pipeline/package.py` records in each BentoML model's metadata the sha256 of its `model.pt`, the
+preprocessing contract (image size, flip averaging) and the serving bounds from params.yaml
+(`package`). `check_models` verifies both models before the service starts and returns the bounds;
+`guard_routes` turns them into the per-route limits of service/guard.py.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.atomic import sha256_file
+from service.guard import Route
+
+MODEL_BATCH = 64          # most photos in one model call (batcher, /infer adaptive batching)
+MULTIPART_SLACK = 64 * 1024  # boundaries and part headers on top of the photo bytes
+
+
+@dataclass(frozen=True)
+class Limits:
+    image_size: int
+    tta_flip: bool
+    max_upload_mb: float
+    max_request_mb: float
+    max_pixels: int
+    max_request_pixels: int
+    max_batch_files: int
+    max_inflight: int
+    retry_after_s: int
+    read_timeout_s: float
+    decode_threads: int
+    max_batch: int = MODEL_BATCH
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int(self.max_request_mb * 2**20)
+
+    @property
+    def max_infer_bytes(self) -> int:
+        """/infer: `max_batch_files` base64 pixel arrays plus JSON punctuation."""
+        one = len(base64.b64encode(bytes(self.image_size ** 2 * 3))) + 8
+        return self.max_batch_files * one + 1024
+
+
+class ModelError(SystemExit):
+    """A model that must not be served; raised at import, so `bentoml serve` exits with this
+    message before starting any worker (a worker failing in __init__ would be restarted forever)."""
+
+
+def _verified(ref) -> dict:
+    """One BentoML model reference -> its metadata, after checking its weights file's sha256."""
+    from bentoml.exceptions import BentoMLException
+
+    try:
+        model = getattr(ref, "stored", ref)           # a BentoModel reference -> the stored model
+        tag, path, meta = str(model.tag), Path(model.path_of("model.pt")), dict(model.info.metadata)
+    except BentoMLException as e:
+        raise ModelError(f"faces: model {getattr(ref, 'tag', ref)} is not in the BentoML store: {e} "
+                         "(run `make repro`, or set FACES_GENDER_MODEL / FACES_RATING_MODEL)") from None
+    expected = meta.get("sha256")
+    fix = "re-run `python -m pipeline.package --out models/serving.json` (or `make repro`)"
+    if expected is None or "serving" not in meta:
+        raise ModelError(f"faces: model {tag} ({path}) was packaged without a weights hash or serving "
+                         f"bounds; {fix}")
+    if not path.is_file():
+        raise ModelError(f"faces: model {tag}: weights file {path} is missing (expected sha256 {expected}); {fix}")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ModelError(f"faces: model {tag}: weights file {path} is corrupt: sha256 {actual}, expected "
+                         f"{expected} ({path.stat().st_size} bytes); {fix}")
+    return meta
+
+
+def check_models(refs: dict) -> Limits:
+    """{task: BentoModel} -> the serving Limits both models agree on. Raises ModelError."""
+    metas = {task: _verified(ref) for task, ref in refs.items()}
+    facts = {task: (m["image_size"], bool(m.get("tta_flip", False)), m["serving"]) for task, m in metas.items()}
+    if len(set(map(repr, facts.values()))) != 1:
+        raise ModelError(f"faces: the models disagree on input size, flip averaging or serving bounds: {facts}")
+    size, tta, serving = next(iter(facts.values()))
+    fields = {f.name for f in dataclasses.fields(Limits)} - {"image_size", "tta_flip", "max_batch"}
+    if set(serving) != fields:
+        raise ModelError(f"faces: serving bounds {sorted(serving)} do not match this service's {sorted(fields)}; "
+                         "re-run the package stage")
+    return Limits(image_size=size, tta_flip=tta, **serving)
+
+
+def guard_routes(limits: Limits) -> dict[str, Route]:
+    """The guard's per-route limits."""
+    one_photo = min(limits.max_request_bytes, limits.max_upload_bytes + MULTIPART_SLACK)
+    return {
+        "/predict": Route(b"multipart/form-data", b"image", 1, one_photo, limits.max_upload_bytes),
+        "/predict_batch": Route(b"multipart/form-data", b"images", limits.max_batch_files,
+                                limits.max_request_bytes, limits.max_upload_bytes),
+        "/infer": Route(b"application/json", None, 0, limits.max_infer_bytes),
+    }
