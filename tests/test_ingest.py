@@ -100,3 +100,12 @@ def test_quarantined_rows_shrink_the_stored_array(messy, tmp_path):
     rows = read_labels(messy / "FaceScore.csv", "facescore")
     res = ingest(rows, messy / "images", 24, 1_000_000, out_npy=tmp_path / "images.npy", workers=2)
     assert np.load(tmp_path / "images.npy").shape == (4, 24, 24, 3) == res.images.shape
+
+
+def test_the_recorded_size_is_the_photos_own_even_when_it_is_draft_decoded(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "ftw1.jpg").write_bytes(_jpeg(size=(400, 320)))   # 320 >= 4 x 24 x 2: drafted
+    (tmp_path / "FaceScore.csv").write_text("Filename,Rating\nftw1.jpg,3\n")
+    res = ingest(read_labels(tmp_path / "FaceScore.csv", "facescore"), tmp_path / "images", 24, 10**6)
+    assert (res.meta["orig_width"][0], res.meta["orig_height"][0]) == (400, 320)
+    assert res.images.shape == (1, 24, 24, 3)
