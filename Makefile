@@ -24,9 +24,12 @@ DATA ?=
 TRACKING_URI = $(shell $(BIN)/python -c 'from pipeline.config import load_params; print(load_params().tracking.uri)')
 
 SERVING = models/serving.json
+ST_VENV := .venv-st
+ST := $(ST_VENV)/bin/st
+SCHEMATHESIS := 4.32.5
 tag = $(shell $(BIN)/python -c 'import json; print(json.load(open("$(SERVING)"))["$(1)"]["tag"])')
 
-.PHONY: install repro test ui serve build docker-context container-test bench hardening lock clean
+.PHONY: install repro test ui serve build docker-context container-test bench hardening st lock clean
 install: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
@@ -41,6 +44,8 @@ ifeq ($(PROFILE)$(DATA),)
 else
 	python -m pipeline.config --profile '$(PROFILE)' --data '$(DATA)'
 endif
+
+st: $(ST)  ## schemathesis in .venv-st (tests/test_hardening.py uses it when present)
 
 test: install  ## the test suite (what CI runs)
 	pytest $(PYTEST_ARGS)
@@ -66,8 +71,14 @@ container-test: install  ## build the Dockerfile on a locally made base image, r
 bench: install  ## serving latency/throughput vs raw forward time (bench/serve.py)
 	python bench/serve.py
 
-hardening: install  ## fuzz, soak, overload and hang-ups against the served champions (~3 min; README "Reliability")
-	python bench/hardening.py
+hardening: install $(ST)  ## fuzz, soak, overload, hang-ups, schemathesis against the served champions (~3 min)
+	python bench/hardening.py --schemathesis $(ST)
+
+# schemathesis lives in its own venv: it is a client of the HTTP API, and its pins (hypothesis,
+# jsonschema, requests) must not move the project's requirements.lock
+$(ST):
+	@test -x $(ST_VENV)/bin/python || $(PYTHON) -m venv $(ST_VENV)
+	$(ST_VENV)/bin/pip install -q --disable-pip-version-check schemathesis==$(SCHEMATHESIS)
 
 lock:  ## re-resolve requirements.in into requirements.lock (in a throw-away venv)
 	rm -rf /tmp/lock-venv && $(PYTHON) -m venv /tmp/lock-venv

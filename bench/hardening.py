@@ -13,6 +13,7 @@
    accepted requests, and the time until a lone request is served normally again.
 4. hang-ups: clients that close mid-upload or while queued -> in-flight back to 0, photos of
    mid-upload hang-ups never reach the model.
+5. with --schemathesis: property-based requests generated from the OpenAPI document -> no 5xx.
 Only 127.0.0.1; every loop is bounded in count and time. Serves models/serving.json's champions
 unless FACES_GENDER_MODEL / FACES_RATING_MODEL are set.
 """
@@ -226,12 +227,24 @@ def hangups(port: int, n: int) -> dict:
             "client_gone_events": metric(port, "faces_guard_events_total", 'event="client_gone"')}
 
 
+def schema(url: str, st: str, max_examples: int, seed: int = 0) -> dict:
+    """schemathesis over the OpenAPI document (/docs.json): generated requests for every operation;
+    the property checked is "no 5xx" (`not_a_server_error`). Bounded: `max_examples` per
+    operation and phase, 30 s per request, 600 s in all."""
+    p = subprocess.run([st, "run", f"{url}/docs.json", "--checks", "not_a_server_error", "--max-examples",
+                        str(max_examples), "--request-timeout", "30", "--seed", str(seed), "--no-color"],
+                       capture_output=True, text=True, timeout=600)
+    cases = next((line.strip() for line in p.stdout.splitlines() if "generated" in line), "")
+    return {"exit_code": p.returncode, "test_cases": cases, "tail": p.stdout[-1500:] if p.returncode else ""}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fuzz", type=int, default=2500, help="malformed requests")
     ap.add_argument("--soak", type=float, default=60, help="seconds of valid traffic at concurrency 32")
     ap.add_argument("--overload", type=float, default=30, help="seconds at 4x capacity")
     ap.add_argument("--hangups", type=int, default=400, help="clients that hang up")
+    ap.add_argument("--schemathesis", default="", help="path of schemathesis' `st` (make hardening makes one)")
     args = ap.parse_args()
     from serve import serve as start_server     # bench/serve.py: bentoml serve on a free loopback port
 
@@ -247,6 +260,8 @@ def main() -> None:
         report["capacity_rps"] = cap = capacity(port)
         report["overload"] = overload(port, 4 * cap, args.overload)
         report["hangups"] = hangups(port, args.hangups)
+        if args.schemathesis:
+            report["schemathesis"] = schema(url, args.schemathesis, max_examples=200)
     finally:
         print(json.dumps(report, indent=1, default=str), flush=True)
         t0 = time.monotonic()

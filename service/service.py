@@ -130,6 +130,8 @@ def bad_photo(field: str, message: str) -> ValidationError:
 Photo = Annotated[Image.Image, BeforeValidator(checked_image)]
 Photos = Annotated[list[Photo], Field(min_length=1, max_length=LIMITS.max_batch_files), AfterValidator(within_budget)]
 Pixels = Annotated[str, AfterValidator(checked_pixels)]
+# an empty list would reach BentoML's batch dispatcher, which fails on it with a 500 (schemathesis)
+PixelBatch = Annotated[list[Pixels], Field(min_length=1, max_length=LIMITS.max_batch_files)]
 
 
 class ModelVersions(BaseModel):
@@ -195,7 +197,7 @@ class Faces:
         self.decoder = ThreadPoolExecutor(LIMITS.decode_threads, thread_name_prefix="decode")
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=LIMITS.max_batch, max_latency_ms=2000)
-    def infer(self, pixels: list[Pixels]) -> list[list[float]]:
+    def infer(self, pixels: PixelBatch) -> list[list[float]]:
         """Photos as base64 pixels (see checked_pixels) -> [P(male), rating] each; concurrent calls
         are merged into one model batch (adaptive batching)."""
         s = self.size

@@ -128,6 +128,8 @@ MP = "multipart/form-data; boundary=b0undary"
      400, "pixels in this request"),
     (lambda c: c.post("/infer", json={"pixels": ["AAAA"]}), 400, "pixels must be 32*32*3 = 3072 bytes"),
     (lambda c: c.post("/infer", json={"pixels": ["not base64!"]}), 400, "pixels must be base64"),
+    (lambda c: c.post("/infer", json={"pixels": []}), 400, "at least 1 item"),            # was a 500 (schemathesis)
+    (lambda c: c.post("/infer", json={"pixels": {}}), 400, "valid array"),
     (lambda c: _raw(c, b'{"pixels": []}', "application/JSON", "/infer"), 415, "application/json"),
     (lambda c: _raw(c, b'{"pixels": ["' + b"A" * 30_000 + b'"]}', "application/json", "/infer"), 413, "limit"),
     (lambda c: _raw(c, b'{"pixels": [', "application/json", "/infer"), 400, "error"),
