@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -234,7 +235,7 @@ def schema(url: str, st: str, max_examples: int, seed: int = 0) -> dict:
     p = subprocess.run([st, "run", f"{url}/docs.json", "--checks", "not_a_server_error", "--max-examples",
                         str(max_examples), "--request-timeout", "30", "--seed", str(seed), "--no-color"],
                        capture_output=True, text=True, timeout=600)
-    cases = next((line.strip() for line in p.stdout.splitlines() if "generated" in line), "")
+    cases = next((line.strip() for line in p.stdout.splitlines() if re.match(r"\s*\d+ generated", line)), "")
     return {"exit_code": p.returncode, "test_cases": cases, "tail": p.stdout[-1500:] if p.returncode else ""}
 
 
