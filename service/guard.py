@@ -13,8 +13,8 @@ An ASGI middleware in front of BentoML's handlers for POST /predict, /predict_ba
    or octet-stream type, within the per-file size and the per-request file count.
 5. Hang-ups: a client that disconnects while its request waits is detected and its handler is
    cancelled, so its photos never reach the model (service/batcher.py skips cancelled ones).
-Anything refused gets a JSON 4xx `{"error": ...}` and one WARNING log line (route, status, reason).
-BentoML's own 4xx (validation errors) are turned into such one-line warnings by `ClientErrorFilter`.
+Anything refused gets a JSON 4xx `{"error": ...}` and one WARNING log line (route, status, reason);
+service/logs.py does the same for BentoML's own 4xx.
 """
 from __future__ import annotations
 
@@ -265,39 +265,3 @@ async def reply(send, status: int, message: str, headers: list[tuple[bytes, byte
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *headers]})
     await send({"type": "http.response.body", "body": body})
-
-
-class ClientErrorFilter(logging.Filter):
-    """BentoML logs every 4xx it answers (validation errors, BadInput) as ERROR with a traceback;
-    one bad client would flood the log an operator reads. Those become one WARNING line with the
-    reason; 5xx keep their traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        status = _client_status(exc)
-        if status is None:
-            return True
-        where = record.args if isinstance(record.args, tuple) and len(record.args) == 2 else ("?", "?")
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
-        record.msg, record.args = "%s %s %d %s", (where[1], where[0], status, _reason(exc))   # POST /predict 400 ...
-        record.exc_info, record.exc_text = None, None
-        return True
-
-
-def _client_status(exc) -> int | None:
-    from bentoml.exceptions import BentoMLException
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError):
-        return 400
-    if isinstance(exc, BentoMLException) and 400 <= exc.error_code.value < 500:
-        return exc.error_code.value
-    return None
-
-
-def _reason(exc) -> str:
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])[:300]
-    return str(exc)[:300]

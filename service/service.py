@@ -36,8 +36,9 @@ from pipeline.model import TaskModel, load_bundle
 from pipeline.model import predict as model_predict
 from pipeline.preprocess import ImageError, lazy_uint8, open_image
 from service.batcher import Batcher
-from service.guard import PHOTO_TYPES, ClientErrorFilter, UploadGuard
+from service.guard import PHOTO_TYPES, UploadGuard
 from service.limits import check_models, guard_routes
+from service.logs import ClientErrorFilter
 
 EXAMPLE_INPUT = Path(__file__).parent / "example.jpg"
 GENDER_TAG = os.environ.get("FACES_GENDER_MODEL", "faces-gender:latest")
