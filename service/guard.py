@@ -14,7 +14,8 @@ An ASGI middleware in front of BentoML's handlers for POST /predict, /predict_ba
 5. Hang-ups: a client that disconnects while its request waits is detected and its handler is
    cancelled, so its photos never reach the model (service/batcher.py skips cancelled ones).
 Anything refused gets a JSON 4xx `{"error": ...}` and one WARNING log line (route, status, reason);
-service/logs.py does the same for BentoML's own 4xx.
+service/logs.py does the same for BentoML's own 4xx. On every other route, Starlette's plain-text
+404 / 405 become JSON too (`json_routing_errors`).
 """
 from __future__ import annotations
 
@@ -159,9 +160,11 @@ class UploadGuard:
         self._shed, self._shed_logged = 0, 0.0
 
     async def __call__(self, scope, receive, send):
-        route = self.routes.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if route is None or scope["method"] != "POST":
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        route = self.routes.get(scope["path"])
+        if route is None or scope["method"] != "POST":
+            return await self.app(scope, receive, json_routing_errors(send))
         path = scope["path"]
         if self.inflight >= self.max_inflight:
             return await self._shed_one(send, path)
@@ -257,6 +260,30 @@ class UploadGuard:
     def _observe(self, what: str, value: int = 1) -> None:
         if self.metrics is not None:
             self.metrics(what, value)
+
+
+def json_routing_errors(send):
+    """Starlette's routing answers an unknown path or method with a plain-text 404 / 405; API
+    clients get every error as JSON, so those two become `{"error": ...}` (other headers, such as
+    `Allow`, are kept). Nothing else is touched."""
+    held: dict | None = None
+
+    async def wrapped(msg):
+        nonlocal held
+        if msg["type"] == "http.response.start" and msg["status"] in (404, 405) and dict(
+                msg.get("headers", [])).get(b"content-type", b"").startswith(b"text/plain"):
+            held = msg                                    # answered below, with the body
+            return None
+        if held is None:
+            return await send(msg)
+        if msg.get("more_body", False):
+            return None                                   # the plain-text body is dropped
+        body = json.dumps({"error": "Not Found" if held["status"] == 404 else "Method Not Allowed"}).encode()
+        headers = [(k, v) for k, v in held.get("headers", []) if k not in (b"content-type", b"content-length")]
+        await send({**held, "headers": [*headers, (b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+        return await send({"type": "http.response.body", "body": body})
+    return wrapped
 
 
 async def reply(send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:

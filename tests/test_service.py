@@ -208,6 +208,17 @@ def test_infer_takes_preprocessed_pixels_and_agrees_with_predict(client):
     assert max(p_male, 1 - p_male) == pytest.approx(single["gender_probability"], abs=1e-6)
 
 
+@pytest.mark.parametrize("method, path, status, allow", [
+    ("POST", "/nothing", 404, None), ("GET", "/predict", 405, "POST"), ("DELETE", "/livez", 405, "GET, HEAD"),
+    ("GET", "/nope.css", 404, None)])
+def test_unknown_paths_and_methods_are_json_errors_too(client, method, path, status, allow):
+    r = client.request(method, path)
+    assert r.status_code == status and r.headers["content-type"] == "application/json"
+    assert r.json()["error"] in ("Not Found", "Method Not Allowed")
+    allowed = r.headers.get("allow")               # Starlette builds it from a set: any order
+    assert (allowed and set(allowed.split(", "))) == (allow and set(allow.split(", ")))
+
+
 def test_page_health_and_openapi(client):
     page = client.get("/")
     assert page.status_code == 200 and 'id="file"' in page.text and "/predict" in page.text
