@@ -83,7 +83,7 @@ def _png_header(w: int, h: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
-def structural(rng: random.Random, jpeg: bytes) -> list[tuple[str, bytes, str]]:
+def structural(jpeg: bytes) -> list[tuple[str, bytes, str]]:
     """Requests broken above the image level: media types, headers, multipart structure, JSON."""
     mp = "multipart/form-data; boundary=fuzzB0undary"
     cases = []
@@ -135,7 +135,7 @@ def corpus(n: int, seed: int = 0) -> list[tuple[str, bytes, str]]:
     valid requests until n (a mutation may still be valid: expect "any")."""
     rng = random.Random(seed)
     jpeg = _enc(Image.effect_noise((96, 80), 50).convert("RGB"), "JPEG")
-    cases = structural(rng, jpeg)
+    cases = structural(jpeg)
     for label, data, expect in odd_images(rng):
         for path in ("/predict", "/predict_batch"):
             cases.append((f"{path} {label}", photo_request(path, [data]), expect))

@@ -80,7 +80,7 @@ def _decode(job: tuple[str, int, int]) -> tuple[np.ndarray | None, str, str, str
     digest = hashlib.sha256(data).hexdigest()
     try:
         img = open_image(data, max_pixels)
-        w, h = img.size                             # the photo's own size: a JPEG draft decode shrinks img.size
+        w, h = img.size                 # the photo's own size: a JPEG draft decode shrinks img.size
         return lazy_uint8(img, size), "", "", digest, w, h
     except ImageError as e:
         return None, e.reason, e.detail, digest, 0, 0

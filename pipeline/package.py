@@ -62,9 +62,15 @@ def sweep_broken(name: str) -> list[str]:
     return removed
 
 
+def _unhashed(metadata: dict) -> dict:
+    """Metadata without the weights hash: `sweep_broken` has checked the stored file against it, and
+    the MLflow labels (model, version, run) already say which weights these are."""
+    return {k: v for k, v in metadata.items() if k != "sha256"}
+
+
 def find_packaged(name: str, labels: dict[str, str], metadata: dict | None = None):
     """The intact BentoML model `name` whose labels include `labels` (and, when given, whose
-    metadata equals `metadata`: same weights hash, same serving bounds), or None."""
+    metadata equals `metadata` apart from the weights hash: same serving bounds), or None."""
     import bentoml
     from bentoml.exceptions import NotFound
 
@@ -75,7 +81,7 @@ def find_packaged(name: str, labels: dict[str, str], metadata: dict | None = Non
         return None
     for m in stored:
         if all(m.info.labels.get(k) == v for k, v in labels.items()) and (
-                metadata is None or m.info.metadata == metadata):
+                metadata is None or _unhashed(m.info.metadata) == _unhashed(metadata)):
             return m
     return None
 
@@ -91,13 +97,13 @@ def save_bundle(name: str, bundle_path: Path, labels: dict[str, str], metadata: 
     return bentoml.models.get(bm.tag)
 
 
-def serving_metadata(params, bundle: dict, bundle_path: Path) -> dict:
+def serving_metadata(params, bundle: dict) -> dict:
     """What the service must know to serve a model exactly as it was trained and evaluated."""
     bounds = {k: v for k, v in dataclasses.asdict(params.package).items() if k != "bento_prefix"}
     return {"image_size": bundle["model_config"]["image_size"], "mean": list(MEAN), "std": list(STD),
             "arch": bundle["model_config"]["arch"], "heads": list(bundle["heads"]),
             "tta_flip": params.evaluate.tta_flip,        # serve exactly as evaluate scored it
-            "serving": bounds, "sha256": sha256_file(bundle_path)}
+            "serving": bounds}
 
 
 def package(params, task: str, workdir: Path) -> dict:
@@ -110,7 +116,7 @@ def package(params, task: str, workdir: Path) -> dict:
               "source": params.ingest.source, "task": task}
     bento_name = f"{params.package.bento_prefix}-{task}"
     bundle = torch.load(champ["path"], weights_only=True, map_location="cpu")
-    metadata = {**serving_metadata(params, bundle, Path(champ["path"])),
+    metadata = {**serving_metadata(params, bundle),
                 **{k: v for k, v in champ["tags"].items() if k.startswith("test_")}}
     existing = find_packaged(bento_name, labels, metadata)
     if existing is not None:

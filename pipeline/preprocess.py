@@ -122,7 +122,7 @@ def fit_square(img: Image.Image, size: int) -> np.ndarray:
 
 def load_uint8(src: bytes | str | Path | BinaryIO, size: int, max_pixels: int) -> np.ndarray:
     """Photo -> (size, size, 3) uint8: the stored, model-ready form. Raises ImageError."""
-    return fit_square(open_rgb(src, max_pixels, min_side=DRAFT_FACTOR * size), size)
+    return lazy_uint8(open_image(src, max_pixels), size)
 
 
 def lazy_uint8(img: Image.Image, size: int) -> np.ndarray:

@@ -155,10 +155,8 @@ def register_and_promote(model_uri: str, name: str, metric: str, value: float,
         champ = None
     champ_value = None
     if champ is not None:
-        run_id = champ.tags.get("run_id") or champ.run_id
         with tempfile.TemporaryDirectory() as tmp:
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="bundle/model.pt", dst_path=tmp)
-            champ_value = score_champion(Path(path))
+            champ_value = score_champion(Path(_download(champ, name, "bundle/model.pt", Path(tmp))[1]))
     better = champ_value is None or value > champ_value
     if promote and better:
         client.set_registered_model_alias(name, "champion", version)
@@ -171,13 +169,19 @@ def register_and_promote(model_uri: str, name: str, metric: str, value: float,
 def champion(params: Params, name: str, artifact: str, dest: Path) -> dict:
     """Downloads `artifact` of the run behind `name@champion` into `dest`; -> version info."""
     setup(params)
-    import mlflow
     from mlflow import MlflowClient
 
     mv = MlflowClient().get_model_version_by_alias(name, "champion")
-    run_id = mv.tags.get("run_id") or mv.run_id
-    try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dest))
-    except mlflow.exceptions.MlflowException as e:
-        raise FileNotFoundError(f"{name}@champion (v{mv.version}, run {run_id}) has no artifact {artifact}") from e
+    run_id, path = _download(mv, name, artifact, dest)
     return {"model": name, "version": int(mv.version), "run_id": run_id, "path": path, "tags": dict(mv.tags)}
+
+
+def _download(mv, name: str, artifact: str, dest: Path) -> tuple[str, str]:
+    """`artifact` of the training run behind model version `mv` -> (run id, local path under dest)."""
+    import mlflow
+
+    run_id = mv.tags.get("run_id") or mv.run_id          # MLflow 3 registers a LoggedModel: our tag names the run
+    try:
+        return run_id, mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dest))
+    except mlflow.exceptions.MlflowException as e:
+        raise FileNotFoundError(f"{name} v{mv.version} (run {run_id}) has no artifact {artifact}") from e

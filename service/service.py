@@ -36,7 +36,7 @@ from pipeline.model import TaskModel, load_bundle
 from pipeline.model import predict as model_predict
 from pipeline.preprocess import ImageError, lazy_uint8, open_image
 from service.batcher import Batcher
-from service.guard import PHOTO_TYPES, UploadGuard
+from service.guard import UploadGuard
 from service.limits import check_models, guard_routes
 from service.logs import ClientErrorFilter
 
@@ -63,10 +63,7 @@ def checked_image(upload: UploadFile | bytes) -> Image.Image:
     HTTP uploads arrive as UploadFile (guard.py lets only file parts through); in-process callers may
     pass bytes. Anything else - a path, a URL, a decoded image - is refused: no input may name a
     file or host, and a decoded image would skip the pipeline's decode (EXIF, modes, limits)."""
-    if isinstance(upload, UploadFile):
-        ctype = (upload.content_type or "application/octet-stream").lower().encode("latin-1", "replace")
-        if not ctype.startswith(PHOTO_TYPES):
-            raise ValueError(f"Invalid content type {upload.content_type}, expected image/*")
+    if isinstance(upload, UploadFile):                   # its part headers were checked by guard.py
         data = upload.file.read(LIMITS.max_upload_bytes + 1)
     elif isinstance(upload, bytes):
         data = upload
@@ -191,7 +188,6 @@ class Faces:
             net, _ = load_bundle(ref.path_of("model.pt"), map_location=self.device)
             self.models[task] = TaskModel(net, task).to(self.device).eval()
             self.versions[f"{task}_version"] = ref.info.labels.get("mlflow_version", str(ref.tag.version))
-        self.limits = LIMITS
         self.size, self.tta_flip = LIMITS.image_size, LIMITS.tta_flip
         self.batcher = Batcher(self._forward, LIMITS.max_batch, on_batch=BATCH_SIZES.observe)
         # decode + resize run here, not on the event loop (which keeps accepting and answering)
