@@ -17,57 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from sklearn import metrics as skm
 
 from pipeline.atomic import atomic_path, write_text
+from pipeline.layers import layer_table, to_markdown
+from pipeline.metrics import MAIN_METRIC, compute_metrics
 from pipeline.sources import locate
 
-MAIN_METRIC = {"gender": "accuracy", "rating": "pearson"}     # higher is better for both
 PAPER = [  # SCUT-FBP5500 paper, 60/40 split, ImageNet-pretrained networks (Liang et al., 2018)
     ("AlexNet (pretrained)", 0.8298, 0.2938, 0.3819),
     ("ResNet-18 (pretrained)", 0.8513, 0.2818, 0.3703),
     ("ResNeXt-50 (pretrained)", 0.8777, 0.2518, 0.3325),
     ("ComboLoss SE-ResNeXt-50 (pretrained, 2020)", 0.9117, 0.2126, 0.2813),   # best pretrained we know
 ]
-
-
-def compute_metrics(task: str, y_true, y_pred, groups=None) -> dict:
-    """Pure metrics. gender: y_true 0/1 (1 = m), y_pred = P(m). rating: y_true, y_pred ratings.
-
-    groups: one label per photo (or a list of such arrays); adds `<main metric>_<label>`, `n_<label>`
-    and, for rating, `mae_<label>` for every label.
-    """
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred, dtype=np.float64)
-    if task == "gender":
-        hard = (y_pred >= 0.5).astype(int)
-        out = {"accuracy": skm.accuracy_score(y_true, hard),
-               "roc_auc": skm.roc_auc_score(y_true, y_pred) if len(set(y_true)) == 2 else float("nan"),
-               "confusion": skm.confusion_matrix(y_true, hard, labels=[0, 1]).tolist()}
-        per = lambda m: skm.accuracy_score(y_true[m], hard[m])                          # noqa: E731
-    else:
-        out = {"mae": skm.mean_absolute_error(y_true, y_pred),
-               "rmse": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
-               "pearson": _corr(stats.pearsonr, y_true, y_pred),
-               "spearman": _corr(stats.spearmanr, y_true, y_pred)}
-        per = lambda m: _corr(stats.pearsonr, y_true[m], y_pred[m])                     # noqa: E731
-    if groups is None:
-        groups = []
-    elif not isinstance(groups, list):
-        groups = [groups]
-    for labels in map(np.asarray, groups):
-        for g in sorted(set(labels)):
-            mask = labels == g
-            out[f"{MAIN_METRIC[task]}_{g}"], out[f"n_{g}"] = per(mask), int(mask.sum())
-            if task == "rating":
-                out[f"mae_{g}"] = skm.mean_absolute_error(y_true[mask], y_pred[mask])
-    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in out.items()}
-
-
-def _corr(fn, a, b) -> float:
-    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
-        return float("nan")                  # a constant prediction has no correlation, not 0 or 1
-    return float(fn(a, b)[0])
 
 
 def _savefig(fig, path: Path) -> None:
@@ -140,7 +102,6 @@ def main() -> None:
     from pipeline.config import load_params
     from pipeline.data import load_parts
     from pipeline.model import TaskModel, load_bundle, predict
-    from pipeline.param_report import layer_table, to_markdown
 
     params, task = load_params(args.params), args.task
     cfg = params.evaluate

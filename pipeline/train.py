@@ -30,7 +30,7 @@ from pipeline import model as model_module
 from pipeline.atomic import atomic_path, write_text
 from pipeline.config import TaskConfig
 from pipeline.data import Augment, Part, augment, batches, load_parts
-from pipeline.evaluate import MAIN_METRIC, compute_metrics
+from pipeline.metrics import MAIN_METRIC, compute_metrics
 from pipeline.model import ModelConfig, TaskModel, build_model, count_params, predict
 
 LOSSES = {"cross_entropy": nn.CrossEntropyLoss(), "l1": nn.L1Loss(), "huber": nn.HuberLoss(delta=0.5),

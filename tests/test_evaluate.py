@@ -4,7 +4,8 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
 
-from pipeline.evaluate import PAPER, compute_metrics, report
+from pipeline.evaluate import PAPER, report
+from pipeline.metrics import compute_metrics
 
 Y = np.array([0, 0, 1, 1, 1, 0, 1, 0])
 P = np.array([0.1, 0.6, 0.8, 0.4, 0.9, 0.2, 0.7, 0.3])

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pipeline.model import ARCHS, ModelConfig, TaskModel, build_model, count_params, load_bundle, predict
-from pipeline.param_report import layer_table
+from pipeline.layers import layer_table
 
 WIDTHS = {"course": (100, 100, 100), "convnet": (8, 16, 32), "resnet": (8, 16, 32)}
 

@@ -3,7 +3,8 @@ from torch import nn
 
 from pipeline.config import load_params
 from pipeline.model import ModelConfig, build_model
-from pipeline.param_report import layer_table, models_in_params, to_markdown
+from pipeline.layers import layer_table, to_markdown
+from pipeline.param_report import models_in_params
 
 from conftest import ROOT
 

@@ -37,7 +37,7 @@ def test_the_scut_profile_at_a_small_budget_learns_far_above_chance(real_data, t
     import torch
 
     from pipeline.config import load_profile
-    from pipeline.evaluate import compute_metrics
+    from pipeline.metrics import compute_metrics
     from pipeline.model import ModelConfig, TaskModel, predict
     from pipeline.train import fit, init_model
 

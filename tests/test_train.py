@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.config import load_params
-from pipeline.evaluate import compute_metrics
+from pipeline.metrics import compute_metrics
 from pipeline.model import ModelConfig, TaskModel, build_model, predict
 from pipeline.train import fit, select_device
 

@@ -1,0 +1,51 @@
+"""Task metrics, shared by training (model selection on the validation split) and the evaluate stage.
+
+    compute_metrics("rating", y_true, y_pred, groups)   # -> {"mae", "rmse", "pearson", ...}
+
+A core module: no stage imports another stage, so what both train and evaluate need lives here.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+from sklearn import metrics as skm
+
+MAIN_METRIC = {"gender": "accuracy", "rating": "pearson"}     # higher is better for both
+
+
+def compute_metrics(task: str, y_true, y_pred, groups=None) -> dict:
+    """Pure metrics. gender: y_true 0/1 (1 = m), y_pred = P(m). rating: y_true, y_pred ratings.
+
+    groups: one label per photo (or a list of such arrays); adds `<main metric>_<label>`, `n_<label>`
+    and, for rating, `mae_<label>` for every label.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred, dtype=np.float64)
+    if task == "gender":
+        hard = (y_pred >= 0.5).astype(int)
+        out = {"accuracy": skm.accuracy_score(y_true, hard),
+               "roc_auc": skm.roc_auc_score(y_true, y_pred) if len(set(y_true)) == 2 else float("nan"),
+               "confusion": skm.confusion_matrix(y_true, hard, labels=[0, 1]).tolist()}
+        per = lambda m: skm.accuracy_score(y_true[m], hard[m])                          # noqa: E731
+    else:
+        out = {"mae": skm.mean_absolute_error(y_true, y_pred),
+               "rmse": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
+               "pearson": _corr(stats.pearsonr, y_true, y_pred),
+               "spearman": _corr(stats.spearmanr, y_true, y_pred)}
+        per = lambda m: _corr(stats.pearsonr, y_true[m], y_pred[m])                     # noqa: E731
+    if groups is None:
+        groups = []
+    elif not isinstance(groups, list):
+        groups = [groups]
+    for labels in map(np.asarray, groups):
+        for g in sorted(set(labels)):
+            mask = labels == g
+            out[f"{MAIN_METRIC[task]}_{g}"], out[f"n_{g}"] = per(mask), int(mask.sum())
+            if task == "rating":
+                out[f"mae_{g}"] = skm.mean_absolute_error(y_true[mask], y_pred[mask])
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in out.items()}
+
+
+def _corr(fn, a, b) -> float:
+    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")                  # a constant prediction has no correlation, not 0 or 1
+    return float(fn(a, b)[0])
