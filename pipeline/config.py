@@ -23,6 +23,8 @@ import sys
 import types
 import typing
 from dataclasses import dataclass
+
+from pipeline.face import FaceConfig
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +54,8 @@ class IngestConfig:
     workers: int                   # decode processes; 0 = all cores
     max_pixels: int                # larger photos are quarantined as decompression bombs
     max_quarantine_fraction: float # the stage fails above this fraction
+    crop: Literal["centre", "face"]  # how a photo becomes a square (stored with the model)
+    face: FaceConfig               # the face step (crop: face); pipeline/face.py
 
 
 @dataclass(frozen=True)

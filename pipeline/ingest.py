@@ -26,6 +26,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, write_text
+from pipeline.face import FaceConfig
 from pipeline.preprocess import ImageError, lazy_uint8, open_image
 from pipeline.sources import escapes, locate, parse_name, read_labels
 
@@ -70,9 +71,9 @@ def plan(label_rows, image_dir: Path) -> tuple[list[dict], list[dict], int]:
     return todo, bad, len(label_rows) + len(orphans)
 
 
-def _decode(job: tuple[str, int, int]) -> tuple[np.ndarray | None, str, str, str, int, int]:
+def _decode(job: tuple[str, int, int, FaceConfig | None]) -> tuple[np.ndarray | None, str, str, str, int, int]:
     """Worker: path -> (array | None, reason, detail, sha256, width, height)."""
-    path, size, max_pixels = job
+    path, size, max_pixels, face = job
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -81,13 +82,13 @@ def _decode(job: tuple[str, int, int]) -> tuple[np.ndarray | None, str, str, str
     try:
         img = open_image(data, max_pixels)
         w, h = img.size                 # the photo's own size: a JPEG draft decode shrinks img.size
-        return lazy_uint8(img, size), "", "", digest, w, h
+        return lazy_uint8(img, size, face), "", "", digest, w, h
     except ImageError as e:
         return None, e.reason, e.detail, digest, 0, 0
 
 
 def ingest(label_rows, image_dir: Path, size: int, max_pixels: int, out_npy: Path | None = None,
-           workers: int = 1) -> IngestResult:
+           workers: int = 1, face: FaceConfig | None = None) -> IngestResult:
     """Decodes and resizes every usable photo in parallel; quarantines the rest with a reason.
 
     Args:
@@ -97,14 +98,16 @@ def ingest(label_rows, image_dir: Path, size: int, max_pixels: int, out_npy: Pat
         max_pixels: decompression-bomb threshold.
         out_npy: where to write the (N, size, size, 3) array; None keeps it in memory (tests).
         workers: decode processes.
+        face: crop the face found by this detector config (None: centre crop); a photo without a
+            face is quarantined as 'no face'.
     """
     todo, bad, rows_in = plan(label_rows, image_dir)
     scratch = np.lib.format.open_memmap(out_npy.with_suffix(".tmp.npy"), "w+", np.uint8,
                                         (max(len(todo), 1), size, size, 3)) if out_npy else \
         np.empty((len(todo), size, size, 3), np.uint8)
     kept = []
-    jobs = [(str(image_dir / t["filename"]), size, max_pixels) for t in todo]
-    with Pool(workers) if workers > 1 else _Inline() as pool:
+    jobs = [(str(image_dir / t["filename"]), size, max_pixels, face) for t in todo]
+    with Pool(workers, initializer=_one_thread) if workers > 1 else _Inline() as pool:
         results = pool.imap(_decode, jobs, chunksize=16)
         for t, (arr, reason, detail, digest, w, h) in zip(todo, tqdm(results, total=len(jobs), desc="ingest", disable=None)):
             if arr is None:
@@ -116,6 +119,13 @@ def ingest(label_rows, image_dir: Path, size: int, max_pixels: int, out_npy: Pat
     quarantine = pd.DataFrame(bad, columns=QUARANTINE_COLUMNS).sort_values(["line", "filename"], ignore_index=True)
     images = _finalise(scratch, len(kept), out_npy)
     return IngestResult(images, meta, quarantine, rows_in)
+
+
+def _one_thread() -> None:
+    """Decode processes already use every core: OpenCV (the face detector) gets one thread each."""
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 class _Inline:
@@ -162,10 +172,11 @@ def main() -> None:
     cfg = params.ingest
     labels_path, image_dir = locate(cfg.source, cfg.path, cfg.label_file)
     rows = read_labels(labels_path, cfg.source)
-    print(f"ingest: labels from {labels_path}, images from {image_dir}")
+    print(f"ingest: labels from {labels_path}, images from {image_dir}, {cfg.crop} crop")
     args.out.mkdir(parents=True, exist_ok=True)
     workers = cfg.workers or os.cpu_count() or 1
-    res = ingest(rows, image_dir, cfg.image_size, cfg.max_pixels, args.out / "images.npy", workers)
+    face = cfg.face if cfg.crop == "face" else None
+    res = ingest(rows, image_dir, cfg.image_size, cfg.max_pixels, args.out / "images.npy", workers, face)
     with atomic_path(args.out / "meta.parquet") as tmp:
         res.meta.to_parquet(tmp, index=False)
     write_text(args.out / "quarantine.csv", res.quarantine.to_csv(index=False))

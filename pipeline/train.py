@@ -32,6 +32,7 @@ from pipeline.config import TaskConfig
 from pipeline.data import Augment, Part, augment, batches, load_parts
 from pipeline.metrics import MAIN_METRIC, compute_metrics
 from pipeline.model import ModelConfig, TaskModel, build_model, count_params, predict
+from pipeline.preprocess import crop_contract
 
 LOSSES = {"cross_entropy": nn.CrossEntropyLoss(), "l1": nn.L1Loss(), "huber": nn.HuberLoss(delta=0.5),
           "mse": nn.MSELoss()}
@@ -233,7 +234,7 @@ def main() -> None:
         net.load_state_dict(res.best_state)
         seconds = time.time() - t0
         bundle = {"state_dict": net.state_dict(), "model_config": dataclasses.asdict(mcfg), "heads": heads,
-                  "task": args.task}
+                  "task": args.task, "preprocess": crop_contract(params.ingest.crop, params.ingest.face)}
         with atomic_path(args.out / "model.pt") as tmp:
             torch.save(bundle, tmp)
         write_text(args.out / "history.json", json.dumps(res.history, indent=1) + "\n")

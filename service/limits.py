@@ -1,7 +1,7 @@
 """What the service takes from the stored models: verified weights and the serving contract.
 
 `pipeline/package.py` records in each BentoML model's metadata the sha256 of its `model.pt`, the
-preprocessing contract (image size, flip averaging) and the serving bounds from params.yaml
+preprocessing contract (image size, flip averaging, crop and face detector) and the serving bounds from params.yaml
 (`package`). `check_models` verifies both models before the service starts and returns the bounds;
 `guard_routes` turns them into the per-route limits of service/guard.py.
 """
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.atomic import sha256_file
+from pipeline.face import FaceConfig
+from pipeline.preprocess import crop_from_contract
 from service.guard import Route
 
 MODEL_BATCH = 64          # most photos in one model call (batcher, /infer adaptive batching)
@@ -23,6 +25,7 @@ MULTIPART_SLACK = 64 * 1024  # boundaries and part headers on top of the photo b
 class Limits:
     image_size: int
     tta_flip: bool
+    face: FaceConfig | None        # crop the face found with these settings; None: centre crop
     max_upload_mb: float
     max_request_mb: float
     max_pixels: int
@@ -81,15 +84,20 @@ def _verified(ref) -> dict:
 def check_models(refs: dict) -> Limits:
     """{task: BentoModel} -> the serving Limits both models agree on. Raises ModelError."""
     metas = {task: _verified(ref) for task, ref in refs.items()}
-    facts = {task: (m["image_size"], bool(m.get("tta_flip", False)), m["serving"]) for task, m in metas.items()}
+    facts = {task: (m["image_size"], bool(m.get("tta_flip", False)), m["serving"], m.get("preprocess"))
+             for task, m in metas.items()}
     if len(set(map(repr, facts.values()))) != 1:
-        raise ModelError(f"faces: the models disagree on input size, flip averaging or serving bounds: {facts}")
-    size, tta, serving = next(iter(facts.values()))
-    fields = {f.name for f in dataclasses.fields(Limits)} - {"image_size", "tta_flip", "max_batch"}
-    if set(serving) != fields:
-        raise ModelError(f"faces: serving bounds {sorted(serving)} do not match this service's {sorted(fields)}; "
-                         "re-run the package stage")
-    return Limits(image_size=size, tta_flip=tta, **serving)
+        raise ModelError(f"faces: the models disagree on input size, flip averaging, crop or serving bounds: {facts}")
+    size, tta, serving, contract = next(iter(facts.values()))
+    fields = {f.name for f in dataclasses.fields(Limits)} - {"image_size", "tta_flip", "face", "max_batch"}
+    if set(serving) != fields or contract is None:
+        raise ModelError(f"faces: serving bounds {sorted(serving)} do not match this service's {sorted(fields)}, "
+                         "or the crop is not recorded; re-run the package stage")
+    try:
+        face = crop_from_contract(contract)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"faces: cannot crop the way these models were trained: {e}") from None
+    return Limits(image_size=size, tta_flip=tta, face=face, **serving)
 
 
 def guard_routes(limits: Limits) -> dict[str, Route]:

@@ -134,6 +134,7 @@ def tiny_bundle(path: Path, task: str, size: int = 32, seed: int = 0) -> Path:
 TEST_SERVING = {"max_upload_mb": 1, "max_request_mb": 3, "max_pixels": 4_000_000, "max_request_pixels": 6_000_000,
                 "max_batch_files": 4, "max_inflight": 8, "retry_after_s": 1, "read_timeout_s": 15,
                 "decode_threads": 1}
+CENTRE = {"crop": "centre"}   # the crop contract of centre-crop models
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +145,7 @@ def served_models(tmp_path_factory) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("bundles")
     tags = {}
     for task in ("gender", "rating"):
-        meta = {"image_size": 32, "tta_flip": True, "serving": TEST_SERVING}
+        meta = {"image_size": 32, "tta_flip": True, "serving": TEST_SERVING, "preprocess": CENTRE}
         bm = save_bundle(f"test-{task}", tiny_bundle(tmp / f"{task}.pt", task), {"mlflow_version": "7"}, meta)
         tags[task] = str(bm.tag)
         os.environ[f"FACES_{task.upper()}_MODEL"] = tags[task]

@@ -9,18 +9,18 @@ import pytest
 from pipeline.package import save_bundle
 from service.limits import Limits, ModelError, check_models, guard_routes
 
-from conftest import ROOT, TEST_SERVING, free_port, tiny_bundle, venv_env
+from conftest import ROOT, TEST_SERVING, CENTRE, free_port, tiny_bundle, venv_env
 
 
 def _stored(tmp_path, task, name, **meta):
-    meta = {"image_size": 32, "tta_flip": True, "serving": TEST_SERVING, **meta}
+    meta = {"image_size": 32, "tta_flip": True, "serving": TEST_SERVING, "preprocess": CENTRE, **meta}
     return save_bundle(name, tiny_bundle(tmp_path / f"{name}.pt", task), {"mlflow_version": "1"}, meta)
 
 
 def test_limits_come_from_the_models_metadata(tmp_path):
     refs = {t: _stored(tmp_path, t, f"lim-{t}") for t in ("gender", "rating")}
     limits = check_models(refs)
-    assert limits == Limits(image_size=32, tta_flip=True, **TEST_SERVING)
+    assert limits == Limits(image_size=32, tta_flip=True, face=None, **TEST_SERVING)
     routes = guard_routes(limits)
     assert routes["/predict"].max_files == 1 and routes["/predict_batch"].max_files == 4
     assert routes["/predict_batch"].max_bytes == 3 * 2**20 and routes["/predict"].max_file_bytes == 2**20
