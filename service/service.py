@@ -9,8 +9,10 @@ FACES_RATING_MODEL. Their weights are checked against the sha256 recorded by `pa
 anything starts, and their metadata carries the preprocessing contract and the serving bounds
 (service/limits.py). A request passes service/guard.py (admission, headers, multipart structure),
 then BentoML's validators open each upload's header (format allow-list, pixel limits), then a
-bounded thread pool decodes and resizes it with the pipeline's own `lazy_uint8`, and concurrent
-photos share model batches (service/batcher.py). /infer takes pixels and is BentoML-`batchable`.
+bounded thread pool decodes it, finds the face and crops it with the pipeline's own `frame` (the
+crop the models were trained on: centre, or the face step with the detector settings stored in the
+model; a photo without a face is a 422), and concurrent photos share model batches
+(service/batcher.py). /infer takes pixels and is BentoML-`batchable`.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from typing import Annotated, Literal
 import bentoml
 import numpy as np
 from PIL import Image
+from bentoml.exceptions import UnprocessableEntity
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
@@ -34,7 +37,7 @@ from starlette.routing import Route
 
 from pipeline.model import TaskModel, load_bundle
 from pipeline.model import predict as model_predict
-from pipeline.preprocess import ImageError, lazy_uint8, open_image
+from pipeline.preprocess import Framed, ImageError, frame, open_image
 from service.batcher import Batcher
 from service.guard import UploadGuard
 from service.limits import check_models, guard_routes
@@ -137,12 +140,31 @@ class ModelVersions(BaseModel):
     rating_version: str
 
 
+class FaceBox(BaseModel):
+    """Where the model looked: pixel coordinates in the uploaded photo as displayed (EXIF
+    orientation applied), origin top left."""
+    crop: Literal["face", "centre"] = Field(description="face: the face step found this face; centre: "
+                                            "models trained on centre crops score the centred square")
+    box: list[int] = Field(min_length=4, max_length=4, description="[x, y, width, height] of the face "
+                           "(crop=face) or of the centred square (crop=centre)")
+    confidence: int | None = Field(description="detector confidence: how many overlapping detection windows "
+                                   "voted for this face (OpenCV Haar neighbours; >= the model's min_neighbors, "
+                                   "higher is surer); null for centre crops")
+    angle: float = Field(description="degrees the face was turned back to upright before scoring (0: upright)")
+    faces_found: int = Field(description="faces found in the photo; the largest is scored (0 for centre crops)")
+
+
 class Prediction(BaseModel):
     """One photo's answer (a typed model: documented in the OpenAPI schema, serialised directly)."""
     gender: Literal["female", "male"]
     gender_probability: float = Field(ge=0.5, le=1.0, description="probability of the predicted gender")
     rating: float = Field(description="predicted attractiveness, on the 1-5 scale of the labels")
+    face: FaceBox
     model: ModelVersions
+
+
+class NoFace(UnprocessableEntity):
+    """422: the photo is fine, but no face was found in it (never a made-up prediction)."""
 
 
 BATCH_SIZES = bentoml.metrics.Histogram(
@@ -188,7 +210,11 @@ class Faces:
             net, _ = load_bundle(ref.path_of("model.pt"), map_location=self.device)
             self.models[task] = TaskModel(net, task).to(self.device).eval()
             self.versions[f"{task}_version"] = ref.info.labels.get("mlflow_version", str(ref.tag.version))
-        self.size, self.tta_flip = LIMITS.image_size, LIMITS.tta_flip
+        self.size, self.tta_flip, self.face = LIMITS.image_size, LIMITS.tta_flip, LIMITS.face
+        if self.face is not None:
+            import cv2
+
+            cv2.setNumThreads(THREADS)       # the detector shares the worker's cores with torch
         self.batcher = Batcher(self._forward, LIMITS.max_batch, on_batch=BATCH_SIZES.observe)
         # decode + resize run here, not on the event loop (which keeps accepting and answering)
         self.decoder = ThreadPoolExecutor(LIMITS.decode_threads, thread_name_prefix="decode")
@@ -200,10 +226,13 @@ class Faces:
         s = self.size
         return self._forward([np.frombuffer(base64.b64decode(p), np.uint8).reshape(s, s, 3) for p in pixels])
 
-    def _result(self, p_male: float, rating: float) -> Prediction:
+    def _result(self, framed: Framed, p_male: float, rating: float) -> Prediction:
         male = p_male >= 0.5
+        f = framed.face
+        face = FaceBox(crop="face" if f else "centre", box=framed.box, confidence=f.neighbors if f else None,
+                       angle=f.angle if f else 0.0, faces_found=framed.faces)
         return Prediction(gender="male" if male else "female", gender_probability=p_male if male else 1 - p_male,
-                          rating=rating, model=ModelVersions(**self.versions))
+                          rating=rating, face=face, model=ModelVersions(**self.versions))
 
     def _forward(self, photos: list[np.ndarray]) -> list[list[float]]:
         """(S, S, 3) uint8 photos -> [P(male), rating] each: the model call of the evaluate stage,
@@ -216,29 +245,38 @@ class Faces:
             rows.extend(np.stack(cols, axis=1).tolist())
         return rows
 
-    async def _decode(self, images: list[Image.Image], field: str) -> list[np.ndarray]:
-        """Checked photos -> (S, S, 3) uint8 each, decoded and resized in the bounded pool."""
+    async def _decode(self, images: list[Image.Image], field: str) -> list[Framed]:
+        """Checked photos -> decoded, face found (when the models use face crops), cropped and
+        resized in the bounded pool. A photo without a face is a 422, an undecodable one a 400."""
         loop = asyncio.get_running_loop()
         out = []
-        for im in images:
+        for i, im in enumerate(images):
             try:
-                out.append(await loop.run_in_executor(self.decoder, lazy_uint8, im, self.size))
+                out.append(await loop.run_in_executor(self.decoder, frame, im, self.size, self.face))
             except ImageError as e:
+                if e.reason == "no face":
+                    which = "" if len(images) == 1 else f"photo {i + 1} of {len(images)}: "
+                    raise NoFace(f"{which}no face found (faces smaller than {self.face.min_face:.0%} of the "
+                                 "photo's shorter side, or turned away from the camera, are not found)") from None
                 raise bad_photo(field, f"unusable image: {e.reason}") from None
         return out
 
     @bentoml.api
     async def predict(self, image: Photo) -> Prediction:
         """One photo (multipart file field `image`: JPEG, PNG or WebP) -> gender, its probability,
-        rating, model versions."""
-        (out,) = await self.batcher.run(await self._decode([image], "image"))
-        return self._result(*out)
+        rating, the face scored (box in the photo's pixels, detector confidence, faces found), model
+        versions. 422 when no face is found; 400 for a file that is not a usable photo."""
+        (framed,) = await self._decode([image], "image")
+        (out,) = await self.batcher.run([framed.pixels])
+        return self._result(framed, *out)
 
     @bentoml.api
     async def predict_batch(self, images: Photos) -> list[Prediction]:
-        """Several photos (repeated multipart file field `images`) -> one result each, in order."""
-        out = await self.batcher.run(await self._decode(images, "images"))
-        return [self._result(*row) for row in out]
+        """Several photos (repeated multipart file field `images`) -> one result each, in order.
+        422 naming the photo when one has no face."""
+        framed = await self._decode(images, "images")
+        out = await self.batcher.run([f.pixels for f in framed])
+        return [self._result(f, *row) for f, row in zip(framed, out)]
 
 
 Faces.add_asgi_middleware(UploadGuard, routes=guard_routes(LIMITS), max_inflight=LIMITS.max_inflight,

@@ -109,3 +109,22 @@ def test_the_recorded_size_is_the_photos_own_even_when_it_is_draft_decoded(tmp_p
     res = ingest(read_labels(tmp_path / "FaceScore.csv", "facescore"), tmp_path / "images", 24, 10**6)
     assert (res.meta["orig_width"][0], res.meta["orig_height"][0]) == (400, 320)
     assert res.images.shape == (1, 24, 24, 3)
+
+
+def test_face_crop_quarantines_photos_without_a_face_and_stores_the_face_steps_crops(tiny_faces, tmp_path):
+    """ingest.crop=face: a photo where no face is found is a 'no face' row, not a silent centre crop;
+    every kept row is exactly the face step's crop (in 2 worker processes, as the stage runs)."""
+    from test_face import CFG, _jpeg, _scene
+
+    folder = tmp_path / "faces"
+    shutil.copytree(tiny_faces, folder)
+    names = sorted(p.name for p in (folder / "images").iterdir())
+    for n in names[:3]:
+        (folder / "images" / n).write_bytes(_jpeg(_scene(None, size=(200, 160), seed=len(n))))
+    rows = read_labels(folder / "FaceScore.csv", "synthetic")
+    res = ingest(rows, folder / "images", 32, 10**7, tmp_path / "images.npy", workers=2, face=CFG)
+    q = res.quarantine.set_index("filename")
+    assert set(q.index) >= set(names[:3]) and set(q.loc[names[:3], "reason"]) == {"no face"}
+    assert res.counts()["rows_in"] == res.counts()["kept"] + res.counts()["quarantined"] == len(rows)
+    for i, name in enumerate(res.meta["filename"][:5]):
+        np.testing.assert_array_equal(res.images[i], load_uint8(folder / "images" / name, 32, 10**7, CFG))

@@ -1,0 +1,114 @@
+"""The face step (pipeline/face.py) and its place in the image path (preprocess.frame), on drawn faces:
+the Haar cascade finds the project's synthetic faces, so these run without the real photos."""
+import io
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from pipeline.config import load_params
+from pipeline.face import FaceConfig, crop_square, detect, detector_version, face_square
+from pipeline.preprocess import ImageError, crop_contract, crop_from_contract, frame, open_image
+from pipeline.synth import render_face, sample_face
+
+sys.path.insert(0, str(ROOT / "bench"))
+from wild import clutter  # noqa: E402
+
+CFG: FaceConfig = load_params(ROOT / "params.yaml").ingest.face
+
+
+def _face(seed=0, size=160) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return render_face(sample_face(rng, 0.25), size, rng)
+
+
+def _scene(face: Image.Image | None, at=(400, 200), side=300, size=(900, 700), seed=0) -> Image.Image:
+    scene = clutter(np.random.default_rng(seed), *size, blobs=0)
+    if face is not None:
+        scene.paste(face.resize((side, side), Image.Resampling.LANCZOS), at)
+    return scene
+
+
+def _jpeg(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=92, **kw)
+    return buf.getvalue()
+
+
+def _iou(a, b) -> float:
+    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return ix * iy / (a[2] * a[3] + b[2] * b[3] - ix * iy)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_drawn_face_is_found_once_and_framed_like_the_photo(seed):
+    img = _face(seed)
+    faces = detect(img, CFG)
+    assert len(faces) == 1 and faces[0].angle == 0 and faces[0].neighbors >= CFG.min_neighbors
+    cx, cy, side, _ = face_square(faces[0], CFG)
+    assert abs(cx - 80) < 16 and abs(cy - 80) < 16 and 0.8 * 160 < side < 1.6 * 160
+
+
+def test_a_face_in_a_larger_scene_is_found_where_it_is_and_cropped_like_the_face_alone():
+    face = _face(3)
+    alone = frame(open_image(_jpeg(face), 10**8), 64, CFG)
+    scene = frame(open_image(_jpeg(_scene(face, at=(500, 300), side=320)), 10**8), 64, CFG)
+    k = 320 / 160                                       # the face was pasted at twice its size
+    expected = [500 + alone.box[0] * k, 300 + alone.box[1] * k, alone.box[2] * k, alone.box[3] * k]
+    assert scene.faces == 1 and _iou(scene.box, expected) > 0.6
+    diff = np.abs(scene.pixels.astype(int) - alone.pixels.astype(int))
+    assert np.median(diff) < 20                         # the same face, framed the same way
+
+
+def test_a_scene_without_a_face_is_no_face_not_a_centre_crop():
+    img = open_image(_jpeg(_scene(None, seed=4)), 10**8)
+    with pytest.raises(ImageError) as e:
+        frame(img, 64, CFG)
+    assert e.value.reason == "no face"
+    assert frame(open_image(_jpeg(_scene(None, seed=4)), 10**8), 64, None).faces == 0   # centre: no search
+
+
+def test_the_largest_face_is_scored_and_all_are_counted():
+    scene = _scene(_face(1), at=(50, 50), side=260, size=(1000, 600))
+    scene.paste(_face(2).resize((230, 230)), (650, 250))
+    framed = frame(open_image(_jpeg(scene), 10**8), 64, CFG)
+    assert framed.faces == 2 and framed.box[0] < 300         # the 260 px face on the left
+
+
+def test_crop_turns_back_by_the_angle_the_face_was_found_at():
+    """A face turned counter-clockwise is found in the copy turned clockwise (angle < 0); cropping at
+    that angle gives the upright crop back (checks the sign conventions of detect and crop_square)."""
+    upright = _face(5)
+    tilted = upright.rotate(15, Image.Resampling.BICUBIC)           # PIL: counter-clockwise
+    a = crop_square(upright, (80, 80, 110, 0.0), 48).astype(int)
+    b = crop_square(tilted, (80, 80, 110, -15.0), 48).astype(int)
+    wrong = crop_square(tilted, (80, 80, 110, 15.0), 48).astype(int)
+    assert np.abs(a - b).mean() < 6 < np.abs(a - wrong).mean()
+
+
+def test_a_crop_reaching_past_the_photo_is_filled_with_neutral_grey():
+    img = Image.new("RGB", (100, 100), (250, 10, 10))
+    out = crop_square(img, (10, 50, 100, 0.0), 20)
+    assert tuple(out[10, 0]) == (128, 128, 128) and tuple(out[10, 19]) == (250, 10, 10)
+
+
+def test_jpeg_draft_and_exif_keep_the_box_in_the_uploaded_photos_pixels():
+    scene = _scene(_face(3), at=(1400, 600), side=700, size=(2400, 1800))
+    full = frame(open_image(_jpeg(scene), 10**8), 64, CFG)
+    assert full.box[0] > 1300 and full.box[2] > 400
+    turned = scene.transpose(Image.Transpose.ROTATE_90)              # stored turned, EXIF turns it back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    again = frame(open_image(_jpeg(turned, exif=exif.tobytes()), 10**8), 64, CFG)
+    assert _iou(again.box, full.box) > 0.8
+
+
+def test_the_crop_contract_round_trips_and_refuses_another_detector_version():
+    assert crop_from_contract(crop_contract("centre", CFG)) is None
+    contract = crop_contract("face", CFG)
+    assert crop_from_contract(contract) == CFG and contract["detector"] == detector_version(CFG)
+    with pytest.raises(ValueError, match="trained on crops from opencv 3.0"):
+        crop_from_contract({**contract, "detector": "opencv 3.0 " + CFG.cascade})

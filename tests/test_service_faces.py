@@ -1,0 +1,94 @@
+"""The service with face-crop models (`ingest.crop: face`), over real HTTP: it finds the face, says where,
+answers 422 for a photo without one, and crops exactly like ingest (pipeline/preprocess.frame)."""
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, TEST_SERVING, serving, tiny_bundle
+from test_face import CFG, _face, _jpeg, _scene
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def face_server(tmp_path_factory):
+    """`bentoml serve` of two tiny models packaged as trained on face crops."""
+    from pipeline.package import save_bundle
+    from pipeline.preprocess import crop_contract
+
+    tmp = tmp_path_factory.mktemp("face-bundles")
+    meta = {"image_size": 32, "tta_flip": True, "serving": TEST_SERVING, "preprocess": crop_contract("face", CFG)}
+    saved = {t: str(save_bundle(f"face-{t}", tiny_bundle(tmp / f"{t}.pt", t), {"mlflow_version": "3"}, meta).tag)
+             for t in ("gender", "rating")}
+    before = {k: os.environ.get(k) for k in ("FACES_GENDER_MODEL", "FACES_RATING_MODEL")}
+    os.environ.update({"FACES_GENDER_MODEL": saved["gender"], "FACES_RATING_MODEL": saved["rating"]})
+    try:
+        with serving() as (url, _pid):
+            yield url
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _post(url, *photos: bytes, path="/predict"):
+    import httpx
+
+    field = "image" if path == "/predict" else "images"
+    files = [(field, (f"p{i}.jpg", p, "image/jpeg")) for i, p in enumerate(photos)]
+    return httpx.post(url + path, files=files, timeout=60)
+
+
+def test_the_answer_names_the_face_scored_in_the_uploaded_photos_pixels(face_server):
+    r = _post(face_server, _jpeg(_scene(_face(3), at=(500, 300), side=320)))
+    assert r.status_code == 200, r.text
+    face = r.json()["face"]
+    assert face["crop"] == "face" and face["faces_found"] == 1 and face["confidence"] >= CFG.min_neighbors
+    x, y, w, h = face["box"]
+    assert 500 < x + w / 2 < 820 and 300 < y + h / 2 < 620 and 120 < w < 320
+
+
+def test_a_photo_without_a_face_is_422_with_a_clear_message_never_a_prediction(face_server):
+    r = _post(face_server, _jpeg(_scene(None, seed=4)))
+    assert r.status_code == 422
+    body = r.json()
+    body = body[0] if isinstance(body, list) else body          # BentoML's own 4xx shape: [{"error"}]
+    assert body["error"].startswith("no face found") and "gender" not in r.text
+
+
+def test_a_batch_names_the_photo_without_a_face(face_server):
+    r = _post(face_server, _jpeg(_face(1)), _jpeg(_scene(None, seed=4)), path="/predict_batch")
+    assert r.status_code == 422 and "photo 2 of 2: no face found" in r.text
+
+
+def test_the_service_crops_exactly_like_ingest(face_server, tmp_path):
+    """Train/serve agreement on the crop: the tiny model's answer for a scene equals its answer for
+    the pixels ingest stores for that scene (sent through /infer, which takes cropped pixels), and
+    differs from its answer for the centre crop (so the comparison can fail)."""
+    import httpx
+
+    from pipeline.preprocess import load_uint8
+    from service.service import encode_pixels
+
+    scene = _jpeg(_scene(_face(2), at=(80, 120), side=400, seed=7))
+    served = _post(face_server, scene).json()
+    stored = load_uint8(scene, 32, 10**8, CFG)
+    r = httpx.post(face_server + "/infer", json={"pixels": [encode_pixels(stored)]}, timeout=60)
+    p_male, rating = r.json()[0]
+    served_p_male = served["gender_probability"] if served["gender"] == "male" else 1 - served["gender_probability"]
+    assert served_p_male == pytest.approx(p_male, abs=1e-6) and served["rating"] == pytest.approx(rating, abs=1e-5)
+    centre = load_uint8(scene, 32, 10**8, None)                  # what a centre crop would have scored
+    other = httpx.post(face_server + "/infer", json={"pixels": [encode_pixels(centre)]}, timeout=60).json()[0][0]
+    assert abs(other - p_male) > 1e-4, "the test model cannot tell the face crop from the centre crop"
+
+
+def test_openapi_documents_the_face_box(face_server):
+    import httpx
+
+    schemas = httpx.get(face_server + "/docs.json").json()["components"]["schemas"]
+    assert {"box", "confidence", "faces_found", "crop"} <= set(schemas["FaceBox"]["properties"])
