@@ -54,3 +54,124 @@ def framing(image_dir: Path, cfg, every: int = 1) -> dict:
             "offset_y": float(((d.H / 2 - d.cy) / d.w).median()),
             "box_side_p10_p90": [float(v) for v in (d.w / d.side).quantile([0.1, 0.9])],
             "detect_ms_p50": 1e3 * statistics.median(times)}
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return ix * iy / (a[2] * a[3] + b[2] * b[3] - ix * iy)
+
+
+def detection(folder: Path, table: pd.DataFrame, cfg, size: int = 80) -> dict:
+    """The face step on the dev set's scenes, as the service runs it (bytes -> frame) -> counts,
+    and p50 timings of a centre crop vs a face crop of the same scenes (one thread)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    found, empty_ok, several, t_face, t_centre, rows = 0, 0, 0, [], [], []
+    for r in table.itertuples():
+        data = (folder / r.scene).read_bytes()
+        t = time.perf_counter()
+        frame(open_image(data, 10**8), size, None)
+        t_centre.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        try:
+            f = frame(open_image(data, 10**8), size, cfg)
+        except ImageError:
+            f = None
+        t_face.append(time.perf_counter() - t)
+        if r.face:
+            hit = f is not None and _iou(f.box, (r.box_x, r.box_y, r.box_w, r.box_h)) >= 0.4
+            found += hit
+            several += f is not None and f.faces > 1
+            rows.append({"scene": r.scene, "found": hit})
+        else:
+            empty_ok += f is None
+    faces, empty = int(table["face"].sum()), int((~table["face"]).sum())
+    return {"face_scenes": faces, "recall": found / max(faces, 1), "several_found": several,
+            "empty_scenes": empty, "empty_answered_no_face": empty_ok / max(empty, 1),
+            "centre_ms_p50": 1e3 * statistics.median(t_centre), "face_ms_p50": 1e3 * statistics.median(t_face),
+            "face_step_added_ms_p50": 1e3 * (statistics.median(t_face) - statistics.median(t_centre)),
+            "found": pd.DataFrame(rows)}
+
+
+def scores(folder: Path, table: pd.DataFrame, image_dir: Path, models: Path, tta_flip: bool = True) -> dict:
+    """Gender accuracy and rating Pearson of the trained models on the face scenes (face step) next to
+    the same faces' own SCUT photos (aligned; the crop the models were trained on), and on the
+    scenes' centre crops (what the service did before the face step)."""
+    from scipy.stats import pearsonr
+
+    from pipeline.model import TaskModel, load_bundle, predict
+    from pipeline.preprocess import crop_from_contract, load_uint8
+
+    nets, contract = {}, None
+    for task in ("gender", "rating"):
+        net, bundle = load_bundle(models / task / "model.pt")
+        nets[task], size = TaskModel(net, task).eval(), bundle["model_config"]["image_size"]
+        contract = bundle.get("preprocess", {"crop": "centre"})
+    face = crop_from_contract(contract)
+    if face is None:
+        raise SystemExit(f"{models}: these models were trained on centre crops; train with ingest.crop=face")
+    faces = table[table["face"]]
+    views = {"aligned": [], "wild": [], "wild_centre": []}
+    keep = []
+    for r in faces.itertuples():
+        try:
+            wild = load_uint8(folder / r.scene, size, 10**8, face)
+            aligned = load_uint8(image_dir / r.source, size, 10**8, face)
+        except ImageError:
+            continue                                  # counted by `detection` (recall)
+        views["wild"].append(wild)
+        views["aligned"].append(aligned)
+        views["wild_centre"].append(load_uint8(folder / r.scene, size, 10**8, None))
+        keep.append(r)
+    truth = pd.DataFrame(keep)
+    out = {"scored": len(truth), "of": len(faces)}
+    for view, images in views.items():
+        x = np.stack(images)
+        p_male = predict(nets["gender"], x, tta_flip=tta_flip)
+        rating = predict(nets["rating"], x, tta_flip=tta_flip)
+        out[view] = {"gender_accuracy": float(((p_male >= 0.5) == (truth["gender"] == "m")).mean()),
+                     "pearson": float(pearsonr(rating, truth["rating"])[0]),
+                     "mae": float(np.abs(rating - truth["rating"]).mean())}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=DATA, help="SCUT-FBP5500 / FaceScore folder")
+    ap.add_argument("--framing", action="store_true", help="measure SCUT's framing (all photos)")
+    ap.add_argument("--wild", type=Path, help="a dev set made by bench/wild.py")
+    ap.add_argument("--models", type=Path, help="folder with gender/model.pt and rating/model.pt (face crop)")
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    args = ap.parse_args()
+    params = load_params(args.params)
+    cfg = params.ingest.face
+    _, image_dir = locate("scut", str(args.data), None)
+    print(f"face step: {cfg}")
+    if args.framing:
+        f = framing(image_dir, cfg)
+        print(f"SCUT: {f['photos']} photos, exactly one face in {f['exactly_one']:.2%} ({f['none']} none: "
+              f"{', '.join(f['none_files'])}; {f['several']} with several); detector {f['detect_ms_p50']:.1f} ms p50\n"
+              f"  framing: margin {f['margin']:.3f}, offset_x {f['offset_x']:+.3f}, offset_y {f['offset_y']:+.3f} "
+              f"(params.yaml: {cfg.margin}, {cfg.offset_x}, {cfg.offset_y}); face box = "
+              f"{f['box_side_p10_p90'][0]:.0%}..{f['box_side_p10_p90'][1]:.0%} of the photo side (p10..p90)")
+    if args.wild:
+        table = pd.read_csv(args.wild / "wild.csv")
+        d = detection(args.wild, table, cfg, params.ingest.image_size)
+        print(f"wild ({args.wild}): recall {d['recall']:.2%} of {d['face_scenes']} face scenes "
+              f"({d['several_found']} with several faces found); {d['empty_answered_no_face']:.2%} of "
+              f"{d['empty_scenes']} empty scenes answered 'no face'\n"
+              f"  decode + crop p50, one thread, ~1 MP JPEG: centre {d['centre_ms_p50']:.1f} ms, face "
+              f"{d['face_ms_p50']:.1f} ms: the face step adds {d['face_step_added_ms_p50']:.1f} ms")
+        if args.models:
+            s = scores(args.wild, table, image_dir, args.models, params.evaluate.tta_flip)
+            print(f"scores on the {s['scored']} of {s['of']} face scenes whose face was found:")
+            print("  | view | gender accuracy | Pearson | MAE |\n  |---|--:|--:|--:|")
+            for view in ("aligned", "wild", "wild_centre"):
+                v = s[view]
+                print(f"  | {view} | {v['gender_accuracy']:.2%} | {v['pearson']:.3f} | {v['mae']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

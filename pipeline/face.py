@@ -8,9 +8,9 @@ opencv-python-headless wheel (BSD-3; pinned in requirements.lock, so nothing is 
 use). Chosen by measurement against the other cascades (README "Faces in photos"): the best recall on
 the in-the-wild dev set with no false positives, and exactly one face in every SCUT photo.
 
-It looks for faces on a grey copy whose shorter side is `24 px / min_face` (a face must cover at least
-`min_face` of the photo's shorter side; 24 px is about the smallest face the cascade sees), so its cost
-does not grow with the photo. A face tilted beyond the cascade's reach (~10 degrees) is searched for
+It looks for faces on a grey copy whose shorter side is `window / min_face` pixels (a face must cover
+at least `min_face` of the photo's shorter side, and `window` is the cascade's own 20 px window), so
+its cost does not grow with the photo: ~133 x 177 px for any 4:3 photo. A face tilted beyond the cascade's reach (~10 degrees) is searched for
 again in copies turned by +-`roll_deg`; the crop then turns back by that angle (undoes the tilt).
 Framing: `margin` (crop side / detector box side) and `offset_x/y` (crop centre - box centre, in box
 sides) were measured on the 3300 SCUT photos (bench/faces.py --framing): on a SCUT photo the crop is
@@ -25,7 +25,6 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-MIN_WINDOW = 24          # px: faces are searched for from this size up (the cascade's window is 20)
 FILL = (128, 128, 128)   # outside the photo: 0 after normalisation (no signal), not black or white
 
 
@@ -33,6 +32,7 @@ FILL = (128, 128, 128)   # outside the photo: 0 after normalisation (no signal),
 class FaceConfig:
     cascade: str            # file in cv2.data.haarcascades
     min_face: float         # smallest face searched for, as a fraction of the photo's shorter side
+    window: int             # ... and its side in the grey copy searched (the cascade's own window: 20)
     scale_factor: float     # cascade pyramid step
     min_neighbors: int      # overlapping raw detections a face needs (the cascade's usual confidence)
     roll_deg: float         # when nothing is found upright, try copies turned by +- this; 0: never
@@ -81,7 +81,7 @@ def _cascade(name: str):
 def _search(gray: np.ndarray, cfg: FaceConfig) -> tuple[np.ndarray, np.ndarray]:
     import cv2
 
-    m = max(MIN_WINDOW, math.floor(cfg.min_face * min(gray.shape)))
+    m = max(cfg.window, math.floor(cfg.min_face * min(gray.shape)))
     boxes, votes = _cascade(cfg.cascade).detectMultiScale2(
         gray, scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors, minSize=(m, m))
     return np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(votes, np.int64).ravel()
@@ -94,7 +94,7 @@ def detect(img: Image.Image, cfg: FaceConfig) -> list[Face]:
     patterns (the cascade's false positives are small), not a second sitter."""
     import cv2
 
-    k = min(1.0, MIN_WINDOW / cfg.min_face / min(img.size))
+    k = min(1.0, cfg.window / cfg.min_face / min(img.size))
     small = img.convert("L")
     if k < 1.0:
         small = small.resize((max(1, round(img.width * k)), max(1, round(img.height * k))), Image.Resampling.BOX)
