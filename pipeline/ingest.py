@@ -18,7 +18,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from multiprocessing import Pool
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +107,8 @@ def ingest(label_rows, image_dir: Path, size: int, max_pixels: int, out_npy: Pat
         np.empty((len(todo), size, size, 3), np.uint8)
     kept = []
     jobs = [(str(image_dir / t["filename"]), size, max_pixels, face) for t in todo]
-    with Pool(workers, initializer=_one_thread) if workers > 1 else _Inline() as pool:
+    # forkserver, not fork: a forked child of a process whose OpenCV thread pool has run deadlocks
+    with get_context("forkserver").Pool(workers, initializer=_one_thread) if workers > 1 else _Inline() as pool:
         results = pool.imap(_decode, jobs, chunksize=16)
         for t, (arr, reason, detail, digest, w, h) in zip(todo, tqdm(results, total=len(jobs), desc="ingest", disable=None)):
             if arr is None:
