@@ -135,6 +135,7 @@ def test_full_pipeline_and_an_experiment_show_up_as_comparable_mlflow_runs(tmp_p
 AGREEMENT = """
 import json, os, sys
 from pathlib import Path
+images = Path(sys.argv[1])
 serving = json.loads(Path("models/serving.json").read_text())
 os.environ["FACES_GENDER_MODEL"], os.environ["FACES_RATING_MODEL"] = serving["gender"]["tag"], serving["rating"]["tag"]
 from starlette.testclient import TestClient
@@ -142,27 +143,56 @@ from service.service import Faces
 out = {}
 with TestClient(Faces.to_asgi()) as c:
     for name in Path("data/split/test.txt").read_text().split():
-        r = c.post("/predict", files={"image": (name, Path("data/synthetic/images", name).read_bytes(), "image/jpeg")})
+        r = c.post("/predict", files={"image": (name, (images / name).read_bytes(), "image/jpeg")})
         b = r.json()
-        out[name] = [b["gender_probability"] if b["gender"] == "male" else 1 - b["gender_probability"], b["rating"]]
+        out[name] = [b["gender_probability"] if b["gender"] == "male" else 1 - b["gender_probability"], b["rating"],
+                     b["face"]["crop"]]
 print(json.dumps(out))
 """
 
 
-def _service_agrees_with_evaluate(repo):
+def _service_agrees_with_evaluate(repo, images="data/synthetic/images", crop="centre"):
     """Train/serve agreement: the service's answer for each test photo FILE equals the evaluate stage's."""
     import subprocess
     import sys
 
-    p = subprocess.run([sys.executable, "-c", AGREEMENT], cwd=repo, capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "-c", AGREEMENT, str(images)], cwd=repo, capture_output=True, text=True,
+                       timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     served = json.loads(p.stdout.strip().splitlines()[-1])
     gender = pd.read_csv(repo / "reports/eval/gender/predictions.csv").set_index("filename")["score"]
     rating = pd.read_csv(repo / "reports/eval/rating/predictions.csv").set_index("filename")["score"]
     assert set(served) == set(gender.index) == set(rating.index) and len(served) > 0
-    for name, (p_male, r) in served.items():
+    for name, (p_male, r, how) in served.items():
+        assert how == crop, name
         assert p_male == pytest.approx(gender[name], abs=1e-5), name
         assert r == pytest.approx(rating[name], abs=1e-5), name
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.integration
+def test_face_crop_pipeline_on_real_photos_serves_exactly_what_evaluate_scored(real_data, tmp_path):
+    """ingest.crop=face end to end on 96 SCUT photos: ingest crops the faces, the crop contract travels
+    through train, MLflow and package into the BentoML metadata, and the service, given each test
+    photo FILE, finds and crops the face itself and answers exactly what evaluate scored."""
+    import shutil
+
+    photos = tmp_path / "scut"
+    (photos / "images").mkdir(parents=True)
+    lines = (real_data / "SCUT-FBP5500_labels.txt").read_text().splitlines()
+    picked = [ln for prefix in ("ftw", "fty", "mtw", "mty") for ln in [x for x in lines if x.startswith(prefix)][:24]]
+    (photos / "SCUT-FBP5500_labels.txt").write_text("\n".join(picked) + "\n")
+    for ln in picked:
+        name = ln.split()[0]
+        shutil.copy(real_data / "images" / name, photos / "images" / name)
+    repo = copy_repo(tmp_path / "repo", {**TINY, "ingest": {"source": "scut", "path": str(photos),
+                                                            "image_size": 32, "crop": "face"}})
+    out = run(["dvc", "repro"], repo, timeout=900)
+    assert "face crop" in out and "evaluate rating:" in out
+    meta = json.loads((repo / "models/serving.json").read_text())
+    assert meta["gender"]["tag"]
+    _service_agrees_with_evaluate(repo, photos / "images", crop="face")
 
 
 @pytest.mark.slow
