@@ -41,6 +41,7 @@ from pipeline.preprocess import Framed, ImageError, frame, open_image
 from service.batcher import Batcher
 from service.guard import UploadGuard
 from service.limits import check_models, guard_routes
+from service.openapi import DocsAnswers
 from service.logs import ClientErrorFilter
 
 EXAMPLE_INPUT = Path(__file__).parent / "example.jpg"
@@ -279,6 +280,9 @@ class Faces:
         return [self._result(f, *row) for f, row in zip(framed, out)]
 
 
+PHOTO_ANSWERS = ("408", "413", "422", "503")
+Faces.add_asgi_middleware(DocsAnswers, routes={"/predict": PHOTO_ANSWERS, "/predict_batch": PHOTO_ANSWERS,
+                                               "/infer": ("408", "413", "503")})
 Faces.add_asgi_middleware(UploadGuard, routes=guard_routes(LIMITS), max_inflight=LIMITS.max_inflight,
                           retry_after_s=LIMITS.retry_after_s, read_timeout_s=LIMITS.read_timeout_s,
                           metrics=guard_metrics)

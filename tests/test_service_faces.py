@@ -73,7 +73,11 @@ def test_the_service_crops_exactly_like_ingest(face_server, tmp_path):
     import httpx
 
     from pipeline.preprocess import load_uint8
-    from service.service import encode_pixels
+
+    def encode_pixels(a):              # service.encode_pixels; importing service.service here would
+        import base64                  # bind its module-level models to this module's face models
+
+        return base64.b64encode(a.tobytes()).decode()
 
     scene = _jpeg(_scene(_face(2), at=(80, 120), side=400, seed=7))
     served = _post(face_server, scene).json()
@@ -90,5 +94,10 @@ def test_the_service_crops_exactly_like_ingest(face_server, tmp_path):
 def test_openapi_documents_the_face_box(face_server):
     import httpx
 
-    schemas = httpx.get(face_server + "/docs.json").json()["components"]["schemas"]
-    assert {"box", "confidence", "faces_found", "crop"} <= set(schemas["FaceBox"]["properties"])
+    doc = httpx.get(face_server + "/docs.json").json()
+    assert {"box", "confidence", "faces_found", "crop"} <= set(doc["components"]["schemas"]["FaceBox"]["properties"])
+    for route in ("/predict", "/predict_batch"):
+        answers = doc["paths"][route]["post"]["responses"]
+        assert {"200", "400", "408", "413", "422", "503"} <= set(answers), route
+        assert "No face found" in answers["422"]["description"]
+    assert "422" not in doc["paths"]["/infer"]["post"]["responses"]
