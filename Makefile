@@ -29,7 +29,7 @@ ST := $(ST_VENV)/bin/st
 SCHEMATHESIS := 4.32.5
 tag = $(shell $(BIN)/python -c 'import json; print(json.load(open("$(SERVING)"))["$(1)"]["tag"])')
 
-.PHONY: install repro test ui serve build docker-context container-test bench hardening st lock clean
+.PHONY: install repro test ui serve build docker-context container-test bench hardening faces st lock clean
 install: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
@@ -70,6 +70,11 @@ container-test: install  ## build the Dockerfile on a locally made base image, r
 
 bench: install  ## serving latency/throughput vs raw forward time (bench/serve.py)
 	python bench/serve.py
+
+# after `make repro PROFILE=scut DATA=...`: the dev set is drawn from that run's test split only
+faces: install  ## face step: SCUT framing, in-the-wild dev set (data/wild) recall / 422s / scores vs aligned (~4 min)
+	python bench/wild.py --data '$(or $(DATA),../shared/data/facescore)' --out data/wild --names data/split/test.txt
+	python bench/faces.py --data '$(or $(DATA),../shared/data/facescore)' --framing --wild data/wild --models models
 
 hardening: install $(ST)  ## fuzz, soak, overload, hang-ups, schemathesis against the served champions (~3 min)
 	python bench/hardening.py --schemathesis $(ST)

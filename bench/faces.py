@@ -137,6 +137,43 @@ def scores(folder: Path, table: pd.DataFrame, image_dir: Path, models: Path, tta
     return out
 
 
+def picture(out: Path, cfg, size: int = 128) -> None:
+    """The README's picture, from drawn faces only (SCUT photos never leave ../shared): three scenes with
+    the box the service answers, each with the face crop the model sees and the old centre crop."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from pipeline.atomic import atomic_path
+    from pipeline.synth import render_face, sample_face
+    from wild import clutter
+
+    rng = np.random.default_rng(3)
+    h = 2 * size
+    canvas = Image.new("RGB", (3 * (int(h * 4 / 3) + size + 24), h + 30), "white")
+    x = 0
+    for i, (side, pos, tilt) in enumerate([(300, (620, 120), 0), (220, (90, 420), 9), (420, (380, 200), -6)]):
+        scene = clutter(rng, 1152, 864, blobs=0)
+        face = render_face(sample_face(rng, 0.25), side, rng).rotate(tilt, Image.Resampling.BICUBIC)
+        scene.paste(face, pos)
+        buf = io.BytesIO()
+        scene.save(buf, "JPEG", quality=88)
+        f = frame(open_image(buf.getvalue(), 10**8), size, cfg)
+        d = ImageDraw.Draw(scene)
+        bx, by, bw, bh = f.box
+        d.rectangle((bx, by, bx + bw, by + bh), outline=(0, 200, 83), width=8)
+        thumb = scene.resize((int(h * 4 / 3), h))
+        canvas.paste(thumb, (x, 0))
+        canvas.paste(Image.fromarray(f.pixels), (x + thumb.width + 4, 0))
+        canvas.paste(Image.fromarray(frame(open_image(buf.getvalue(), 10**8), size, None).pixels).resize((size, size)),
+                     (x + thumb.width + 4, size))
+        ImageDraw.Draw(canvas).text((x + 4, h + 8), f"upload {i + 1}: box {f.box}; right: face crop, old centre crop",
+                                    fill="black")
+        x += thumb.width + size + 24
+    with atomic_path(out) as tmp:
+        canvas.save(tmp, "JPEG", quality=85)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DATA, help="SCUT-FBP5500 / FaceScore folder")
@@ -144,11 +181,15 @@ def main() -> None:
     ap.add_argument("--wild", type=Path, help="a dev set made by bench/wild.py")
     ap.add_argument("--models", type=Path, help="folder with gender/model.pt and rating/model.pt (face crop)")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--picture", type=Path, help="write the README's picture (drawn faces only) here")
     args = ap.parse_args()
     params = load_params(args.params)
     cfg = params.ingest.face
     _, image_dir = locate("scut", str(args.data), None)
     print(f"face step: {cfg}")
+    if args.picture:
+        picture(args.picture, cfg)
+        print(f"picture: {args.picture}")
     if args.framing:
         f = framing(image_dir, cfg)
         print(f"SCUT: {f['photos']} photos, exactly one face in {f['exactly_one']:.2%} ({f['none']} none: "

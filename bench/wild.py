@@ -152,7 +152,14 @@ def main() -> None:
     ap.add_argument("--empty", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    names = args.names or (ROOT / "data" / "split" / "test.txt")
+    split = ROOT / "data" / "split" / "test.txt"
+    names = args.names or split
+    if names.resolve() == split:            # the pipeline's split names SCUT photos only after a real-photo run
+        from pipeline.config import load_params
+
+        if load_params(ROOT / "params.yaml").ingest.source == "synthetic":
+            sys.exit("wild: data/split/test.txt is the synthetic run's split; run `make repro PROFILE=scut "
+                     "DATA=...` first, or pass --names")
     photos = labelled_photos(args.data, names if names.is_file() else None)
     print(f"wild: {len(photos)} source photos ({names if names.is_file() else 'all: no split found'})")
     table = build(photos, args.out, args.faces, args.empty, args.seed)

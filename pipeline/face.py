@@ -12,6 +12,9 @@ It looks for faces on a grey copy whose shorter side is `window / min_face` pixe
 at least `min_face` of the photo's shorter side, and `window` is the cascade's own 20 px window), so
 its cost does not grow with the photo: ~133 x 177 px for any 4:3 photo. A face tilted beyond the cascade's reach (~10 degrees) is searched for
 again in copies turned by +-`roll_deg`; the crop then turns back by that angle (undoes the tilt).
+The largest face's box is then measured again inside its own framed square, scaled like a SCUT photo
+(`_refine`): small faces get boxes as precise as the training photos' (wild dev set: gender on faces
+at 15-25 % of the side 90.7 -> 91.6 %, rating MAE 0.367 -> 0.338 on the least tilted third).
 Framing: `margin` (crop side / detector box side) and `offset_x/y` (crop centre - box centre, in box
 sides) were measured on the 3300 SCUT photos (bench/faces.py --framing): on a SCUT photo the crop is
 the photo itself, give or take the detector's jitter.
@@ -116,7 +119,31 @@ def detect(img: Image.Image, cfg: FaceConfig) -> list[Face]:
         if faces:
             break
     faces.sort(key=lambda f: -f.w)
-    return [f for f in faces if f.w >= 0.5 * faces[0].w]
+    faces = [f for f in faces if f.w >= 0.5 * faces[0].w]
+    return [_refine(img, faces[0], cfg), *faces[1:]] if faces else []
+
+
+def _refine(img: Image.Image, face: Face, cfg: FaceConfig) -> Face:
+    """Measures the face's box again in its own SCUT-framed square, scaled to what a SCUT photo is
+    searched at: every box is then measured at the scale the training photos' boxes were, so a small
+    face (20 px in the first search) gets as precise a crop as a large one."""
+    import cv2
+
+    side_px = round(cfg.window / cfg.min_face)
+    cx, cy, side, angle = face_square(face, cfg)
+    roi = cv2.cvtColor(crop_square(img, (cx, cy, side, angle), side_px, oversample=1), cv2.COLOR_RGB2GRAY)
+    m = max(cfg.window, round(0.4 * side_px))
+    boxes, votes = _cascade(cfg.cascade).detectMultiScale2(
+        roi, scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors, minSize=(m, m))
+    if len(boxes) == 0:
+        return face
+    i = int(np.argmax(np.asarray(boxes)[:, 2]))
+    u, v, w, h = (float(t) for t in boxes[i])
+    k = side / side_px
+    dx, dy = (u + w / 2 - side_px / 2) * k, (v + h / 2 - side_px / 2) * k
+    a = math.radians(angle)
+    fx, fy = cx + dx * math.cos(a) - dy * math.sin(a), cy + dx * math.sin(a) + dy * math.cos(a)
+    return Face(fx - w * k / 2, fy - h * k / 2, w * k, h * k, angle, face.neighbors)
 
 
 def face_square(face: Face, cfg: FaceConfig) -> tuple[float, float, float, float]:
@@ -130,7 +157,8 @@ def face_square(face: Face, cfg: FaceConfig) -> tuple[float, float, float, float
     return cx, cy, side, face.angle
 
 
-def crop_square(img: Image.Image, square: tuple[float, float, float, float], size: int) -> np.ndarray:
+def crop_square(img: Image.Image, square: tuple[float, float, float, float], size: int,
+                oversample: int = 2) -> np.ndarray:
     """Cuts a (possibly turned) square out of the photo and resizes it: -> (size, size, 3) uint8.
 
     Large crops are first box-reduced by an integer factor (anti-aliased, fast), then sampled with
@@ -140,7 +168,7 @@ def crop_square(img: Image.Image, square: tuple[float, float, float, float], siz
     if f > 1:
         img = img.reduce(f)
         cx, cy, side = cx / f, cy / f, side / f
-    m = 2 * size
+    m = oversample * size
     a = math.radians(angle)
     s = side / m
     # output pixel (u, v) -> photo (x, y): the inverse of the turn that made the face upright
@@ -149,4 +177,6 @@ def crop_square(img: Image.Image, square: tuple[float, float, float, float], siz
     y0 = cy - sa * m / 2 - ca * m / 2
     patch = img.transform((m, m), Image.Transform.AFFINE, (ca, -sa, x0, sa, ca, y0),
                           resample=Image.Resampling.BICUBIC, fillcolor=FILL)
-    return np.asarray(patch.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+    if m != size:
+        patch = patch.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(patch, dtype=np.uint8)
