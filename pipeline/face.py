@@ -10,11 +10,11 @@ the in-the-wild dev set with no false positives, and exactly one face in every S
 
 It looks for faces on a grey copy whose shorter side is `window / min_face` pixels (a face must cover
 at least `min_face` of the photo's shorter side, and `window` is the cascade's own 20 px window), so
-its cost does not grow with the photo: ~133 x 177 px for any 4:3 photo. A face tilted beyond the cascade's reach (~10 degrees) is searched for
-again in copies turned by +-`roll_deg`; the crop then turns back by that angle (undoes the tilt).
+its cost does not grow with the photo: ~133 x 177 px for any 4:3 photo. A face tilted beyond the
+cascade's reach (~10 degrees) is searched for again in copies turned by +-`roll_deg`; the crop then
+turns back by that angle (undoes the tilt).
 The largest face's box is then measured again inside its own framed square, scaled like a SCUT photo
-(`_refine`): small faces get boxes as precise as the training photos' (wild dev set: gender on faces
-at 15-25 % of the side 90.7 -> 91.6 %, rating MAE 0.367 -> 0.338 on the least tilted third).
+(`_refine`): small faces get boxes as precise as the training photos'.
 Framing: `margin` (crop side / detector box side) and `offset_x/y` (crop centre - box centre, in box
 sides) were measured on the 3300 SCUT photos (bench/faces.py --framing): on a SCUT photo the crop is
 the photo itself, give or take the detector's jitter.
@@ -82,8 +82,6 @@ def _cascade(name: str):
 
 
 def _search(gray: np.ndarray, cfg: FaceConfig) -> tuple[np.ndarray, np.ndarray]:
-    import cv2
-
     m = max(cfg.window, math.floor(cfg.min_face * min(gray.shape)))
     boxes, votes = _cascade(cfg.cascade).detectMultiScale2(
         gray, scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors, minSize=(m, m))

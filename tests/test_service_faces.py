@@ -1,13 +1,10 @@
 """The service with face-crop models (`ingest.crop: face`), over real HTTP: it finds the face, says where,
 answers 422 for a photo without one, and crops exactly like ingest (pipeline/preprocess.frame)."""
-import io
 import os
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import ROOT, TEST_SERVING, serving, tiny_bundle
+from conftest import TEST_SERVING, serving, tiny_bundle
 from test_face import CFG, _face, _jpeg, _scene
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
