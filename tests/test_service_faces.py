@@ -98,3 +98,36 @@ def test_openapi_documents_the_face_box(face_server):
         assert {"200", "400", "408", "413", "422", "503"} <= set(answers), route
         assert "No face found" in answers["422"]["description"]
     assert "422" not in doc["paths"]["/infer"]["post"]["responses"]
+
+
+def test_demo_page_draws_the_box_where_the_face_is_and_says_no_face(face_server, tmp_path):
+    import shutil
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+    scene, empty = tmp_path / "scene.jpg", tmp_path / "empty.jpg"
+    scene.write_bytes(_jpeg(_scene(_face(3), at=(500, 300), side=320)))
+    empty.write_bytes(_jpeg(_scene(None, seed=4)))
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page()
+        page.goto(face_server + "/")
+        page.set_input_files("#file", str(scene))
+        page.click("#go")
+        page.wait_for_selector("#box:not([hidden])", timeout=30_000)
+        img, box = page.locator("#preview").bounding_box(), page.locator("#box").bounding_box()
+        faces_text = page.inner_text("#faces")
+        page.set_input_files("#file", str(empty))
+        page.click("#go")
+        page.wait_for_selector("#result.error", timeout=30_000)
+        error, box_hidden = page.inner_text("#result"), page.locator("#box").is_hidden()
+        browser.close()
+    k = img["width"] / 900                                   # the scene is 900 px wide
+    centre = ((box["x"] - img["x"] + box["width"] / 2) / k, (box["y"] - img["y"] + box["height"] / 2) / k)
+    assert 560 < centre[0] < 760 and 360 < centre[1] < 560, centre     # the face: (500..820, 300..620)
+    assert "1 face(s) found" in faces_text
+    assert "no face found" in error and box_hidden
