@@ -12,16 +12,24 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 @pytest.fixture(scope="module")
 def face_server(tmp_path_factory):
-    """`bentoml serve` of two tiny models packaged as trained on face crops."""
-    from pipeline.package import save_bundle
+    """`bentoml serve` of two tiny models packaged as trained on face crops, from a BentoML home of
+    its own: BentoML keeps its Prometheus files under BENTOML_HOME and clears them when a server
+    starts, so sharing the session's home would wipe the metrics of the session's `server`."""
+    import shutil
+
+    from pipeline.package import _store_models_dir, save_bundle
     from pipeline.preprocess import crop_contract
 
     tmp = tmp_path_factory.mktemp("face-bundles")
     meta = {"image_size": 32, "tta_flip": True, "serving": TEST_SERVING, "preprocess": crop_contract("face", CFG)}
-    saved = {t: str(save_bundle(f"face-{t}", tiny_bundle(tmp / f"{t}.pt", t), {"mlflow_version": "3"}, meta).tag)
-             for t in ("gender", "rating")}
-    before = {k: os.environ.get(k) for k in ("FACES_GENDER_MODEL", "FACES_RATING_MODEL")}
-    os.environ.update({"FACES_GENDER_MODEL": saved["gender"], "FACES_RATING_MODEL": saved["rating"]})
+    home = tmp / "bentoml"
+    saved = {}
+    for t in ("gender", "rating"):
+        saved[t] = str(save_bundle(f"face-{t}", tiny_bundle(tmp / f"{t}.pt", t), {"mlflow_version": "3"}, meta).tag)
+        shutil.copytree(_store_models_dir() / f"face-{t}", home / "models" / f"face-{t}")
+    keys = ("FACES_GENDER_MODEL", "FACES_RATING_MODEL", "BENTOML_HOME")
+    before = {k: os.environ.get(k) for k in keys}
+    os.environ.update(zip(keys, (saved["gender"], saved["rating"], str(home))))
     try:
         with serving() as (url, _pid):
             yield url
