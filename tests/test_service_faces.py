@@ -109,29 +109,18 @@ def test_openapi_documents_the_face_box(face_server):
 
 
 def test_demo_page_draws_the_box_where_the_face_is_and_says_no_face(face_server, tmp_path):
-    import shutil
+    from conftest import open_demo, submit
 
     playwright = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
     scene, empty = tmp_path / "scene.jpg", tmp_path / "empty.jpg"
     scene.write_bytes(_jpeg(_scene(_face(3), at=(500, 300), side=320)))
     empty.write_bytes(_jpeg(_scene(None, seed=4)))
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        page = browser.new_page()
-        page.goto(face_server + "/")
-        page.set_input_files("#file", str(scene))
-        page.click("#go")
-        page.wait_for_selector("#box:not([hidden])", timeout=30_000)
+        browser, page = open_demo(p, face_server)
+        submit(page, scene, "#box:not([hidden])")
         img, box = page.locator("#preview").bounding_box(), page.locator("#box").bounding_box()
         faces_text = page.inner_text("#faces")
-        page.set_input_files("#file", str(empty))
-        page.click("#go")
-        page.wait_for_selector("#result.error", timeout=30_000)
+        submit(page, empty, "#result.error")
         error, box_hidden = page.inner_text("#result"), page.locator("#box").is_hidden()
         browser.close()
     k = img["width"] / 900                                   # the scene is 900 px wide

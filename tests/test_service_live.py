@@ -62,28 +62,17 @@ def _histogram(metrics: str, name: str) -> dict:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_demo_page_in_headless_chromium(server, tmp_path):
-    import shutil
+    from conftest import open_demo, submit
 
     playwright = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
     from service.service import EXAMPLE_INPUT
 
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        page = browser.new_page()
-        page.goto(server + "/")
-        page.set_input_files("#file", str(EXAMPLE_INPUT))
-        page.click("#go")
-        page.wait_for_selector("#rating", timeout=30_000)
+        browser, page = open_demo(p, server)
+        submit(page, EXAMPLE_INPUT, "#rating")
         gender, rating = page.inner_text("#gender"), float(page.inner_text("#rating"))
         page.screenshot(path=str(tmp_path / "page.png"))
-        page.set_input_files("#file", {"name": "bad.jpg", "mimeType": "image/jpeg", "buffer": b"junk"})
-        page.click("#go")
-        page.wait_for_selector("#result.error", timeout=30_000)
+        submit(page, {"name": "bad.jpg", "mimeType": "image/jpeg", "buffer": b"junk"}, "#result.error")
         error = page.inner_text("#result")
         browser.close()
     assert gender in ("female", "male") and 1 <= rating <= 5
