@@ -63,8 +63,6 @@ def megapixel_scene() -> bytes:
     """A ~1 MP phone-like JPEG (1152 x 864): a drawn face at ~30 % of the shorter side in clutter."""
     import io
 
-    from PIL import Image
-
     sys.path.insert(0, str(ROOT / "bench"))
     from wild import clutter
 
@@ -196,10 +194,9 @@ def main() -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     from pipeline.config import load_params
-    from service.limits import check_models
-    from service.service import REFS, THREADS, WORKERS
+    from service.service import LIMITS as limits   # checked (sha256) once, at import
+    from service.service import THREADS, WORKERS
 
-    limits = check_models(REFS)
     face = limits.face or load_params(ROOT / "params.yaml").ingest.face
     centre, faced = face_step(limits.image_size, face, args.requests, os.cpu_count() or 1)   # as the service
 

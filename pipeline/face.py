@@ -55,14 +55,6 @@ class Face:
     angle: float
     neighbors: int
 
-    @property
-    def box(self) -> list[int]:
-        return [round(self.x), round(self.y), round(self.w), round(self.h)]
-
-
-class NoFace(ValueError):
-    """No face in the photo (the service answers 422, ingest quarantines the photo)."""
-
 
 def detector_version(cfg: FaceConfig) -> str:
     """What travels with the model: the detector and its weights' version."""
@@ -81,8 +73,10 @@ def _cascade(name: str):
     return c
 
 
-def _search(gray: np.ndarray, cfg: FaceConfig) -> tuple[np.ndarray, np.ndarray]:
-    m = max(cfg.window, math.floor(cfg.min_face * min(gray.shape)))
+def _search(gray: np.ndarray, cfg: FaceConfig, min_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The cascade on a grey image: faces of at least `min_fraction` (default: min_face) of its
+    shorter side -> (boxes (N, 4) float, neighbour votes (N,))."""
+    m = max(cfg.window, math.floor((min_fraction or cfg.min_face) * min(gray.shape)))
     boxes, votes = _cascade(cfg.cascade).detectMultiScale2(
         gray, scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors, minSize=(m, m))
     return np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(votes, np.int64).ravel()
@@ -130,28 +124,26 @@ def _refine(img: Image.Image, face: Face, cfg: FaceConfig) -> Face:
     side_px = round(cfg.window / cfg.min_face)
     cx, cy, side, angle = face_square(face, cfg)
     roi = cv2.cvtColor(crop_square(img, (cx, cy, side, angle), side_px, oversample=1), cv2.COLOR_RGB2GRAY)
-    m = max(cfg.window, round(0.4 * side_px))
-    boxes, votes = _cascade(cfg.cascade).detectMultiScale2(
-        roi, scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors, minSize=(m, m))
+    boxes, _ = _search(roi, cfg, min_fraction=0.4)      # the face fills ~2/3 of its framed square
     if len(boxes) == 0:
         return face
-    i = int(np.argmax(np.asarray(boxes)[:, 2]))
-    u, v, w, h = (float(t) for t in boxes[i])
+    u, v, w, h = map(float, boxes[int(np.argmax(boxes[:, 2]))])
     k = side / side_px
-    dx, dy = (u + w / 2 - side_px / 2) * k, (v + h / 2 - side_px / 2) * k
-    a = math.radians(angle)
-    fx, fy = cx + dx * math.cos(a) - dy * math.sin(a), cy + dx * math.sin(a) + dy * math.cos(a)
+    fx, fy = _turned(cx, cy, (u + w / 2 - side_px / 2) * k, (v + h / 2 - side_px / 2) * k, angle)
     return Face(fx - w * k / 2, fy - h * k / 2, w * k, h * k, angle, face.neighbors)
+
+
+def _turned(x: float, y: float, dx: float, dy: float, angle: float) -> tuple[float, float]:
+    """(x, y) + the offset (dx, dy) given in a frame turned by `angle` degrees (image y points down)."""
+    a = math.radians(angle)
+    return x + dx * math.cos(a) - dy * math.sin(a), y + dx * math.sin(a) + dy * math.cos(a)
 
 
 def face_square(face: Face, cfg: FaceConfig) -> tuple[float, float, float, float]:
     """The region to crop around a face: (centre x, centre y, side, angle), SCUT's framing."""
     side = face.w * cfg.margin
-    a = math.radians(face.angle)
-    # the offset is measured in the face's own (upright) frame; the image y axis points down
-    dx, dy = cfg.offset_x * face.w, cfg.offset_y * face.w
-    cx = face.x + face.w / 2 + dx * math.cos(a) - dy * math.sin(a)
-    cy = face.y + face.h / 2 + dx * math.sin(a) + dy * math.cos(a)
+    # the offset is measured in the face's own (upright) frame
+    cx, cy = _turned(face.x + face.w / 2, face.y + face.h / 2, cfg.offset_x * face.w, cfg.offset_y * face.w, face.angle)
     return cx, cy, side, face.angle
 
 

@@ -4,8 +4,9 @@
 
 For each task, takes `<experiment>-<source>-<task>@champion` from the MLflow registry, downloads the
 weights bundle of its training run and saves it with `bentoml.models.create` as `<prefix>-<task>`,
-with the preprocessing contract (image size, normalisation, crop: centre or face with the detector's settings and version), the serving bounds (params.yaml
-`package`) and the sha256 of the weights as metadata, and the MLflow model / version / run as labels.
+with the preprocessing contract (image size, normalisation, crop: centre or face with the detector's
+settings and version), the serving bounds (params.yaml `package`) and the sha256 of the weights as
+metadata, and the MLflow model / version / run as labels.
 A champion already in the store with the same metadata is not saved again; store entries that a
 killed run left half-written are removed first (`sweep_broken`).
 `serving.json` names the exact BentoML tags; `make serve` serves those.
@@ -104,7 +105,7 @@ def serving_metadata(params, bundle: dict) -> dict:
             "arch": bundle["model_config"]["arch"], "heads": list(bundle["heads"]),
             "tta_flip": params.evaluate.tta_flip,        # serve exactly as evaluate scored it
             # crop as ingest did for this model (bundles from before the face step: centre)
-            "preprocess": bundle.get("preprocess", crop_contract("centre", params.ingest.face)),
+            "preprocess": bundle.get("preprocess", crop_contract("centre")),
             "serving": bounds}
 
 

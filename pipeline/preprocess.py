@@ -12,6 +12,7 @@ checks it end to end).
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import warnings
@@ -22,7 +23,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.face import Face, FaceConfig, crop_square, detect, face_square
+from pipeline.face import Face, FaceConfig, crop_square, detect, detector_version, face_square
 
 # Normalisation maps [0, 255] to [-1, 1]; it is part of the model contract and is stored with it.
 MEAN = (0.5, 0.5, 0.5)
@@ -196,14 +197,10 @@ def to_tensor(images: np.ndarray):
     return (x - mean) / std
 
 
-def crop_contract(crop: str, face: FaceConfig) -> dict:
+def crop_contract(crop: str, face: FaceConfig | None = None) -> dict:
     """How photos were cropped for a model; travels in its bundle and BentoML metadata, so the
     service crops uploads the same way (`crop_from_contract`). Only basic types: BentoML metadata
     holds no None."""
-    import dataclasses
-
-    from pipeline.face import detector_version
-
     if crop == "centre":
         return {"crop": "centre"}
     return {"crop": "face", "face": dataclasses.asdict(face), "detector": detector_version(face)}
@@ -214,8 +211,6 @@ def crop_from_contract(contract: dict) -> FaceConfig | None:
     model was trained with another detector version than this machine has."""
     if contract["crop"] == "centre":
         return None
-    from pipeline.face import detector_version
-
     face = FaceConfig(**contract["face"])
     if detector_version(face) != contract["detector"]:
         raise ValueError(f"the model was trained on crops from {contract['detector']}; this machine has "

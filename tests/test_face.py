@@ -14,6 +14,7 @@ from pipeline.preprocess import ImageError, crop_contract, crop_from_contract, f
 from pipeline.synth import render_face, sample_face
 
 sys.path.insert(0, str(ROOT / "bench"))
+from faces import _iou  # noqa: E402
 from wild import clutter  # noqa: E402
 
 CFG: FaceConfig = load_params(ROOT / "params.yaml").ingest.face
@@ -35,12 +36,6 @@ def _jpeg(img: Image.Image, **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=92, **kw)
     return buf.getvalue()
-
-
-def _iou(a, b) -> float:
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    return ix * iy / (a[2] * a[3] + b[2] * b[3] - ix * iy)
 
 
 @pytest.mark.parametrize("seed", range(5))
