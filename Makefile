@@ -29,7 +29,7 @@ ST := $(ST_VENV)/bin/st
 SCHEMATHESIS := 4.32.5
 tag = $(shell $(BIN)/python -c 'import json; print(json.load(open("$(SERVING)"))["$(1)"]["tag"])')
 
-.PHONY: install repro test ui serve build docker-context container-test bench hardening faces st lock clean
+.PHONY: install repro test ui serve build docker-context container-test bench bench-train hardening faces st lock clean
 install: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
@@ -68,8 +68,11 @@ docker-context: install  ## copy the packaged champions into docker/context/mode
 container-test: install  ## build the Dockerfile on a locally made base image, run it, POST a photo
 	bash docker/container-test.sh
 
-bench: install  ## serving latency/throughput vs raw forward time (bench/serve.py)
+bench: install  ## serving: this tree vs the pre-policy commit, same models and photo, interleaved (bench/serve.py, ~4 min)
 	python bench/serve.py
+
+bench-train: install  ## training step: old fp32 NCHW vs the execution policy, default + profile nets (bench/train.py, ~2 min)
+	python bench/train.py
 
 # after `make repro PROFILE=scut DATA=...`: the dev set is drawn from that run's test split only
 faces: install  ## face step: SCUT framing, in-the-wild dev set (data/wild) recall / 422s / scores vs aligned (~4 min)

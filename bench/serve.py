@@ -1,14 +1,21 @@
-"""Serving speed, measured side by side in one run: HTTP latency vs the raw model forward time.
+"""Serving speed, measured side by side in one run: this commit's service against an older commit's,
+on the same models, photo and minutes.
 
-    make bench        # = python bench/serve.py [--requests 200]
+    make bench        # = python bench/serve.py [--baseline d1948e4] [--photo F] [--requests 200]
 
-Serves the champions in models/serving.json with `bentoml serve` on a free loopback port, then
-1. raw forward: the service's own model call (both models, flip averaging) on one photo, in-process;
+Serves the champions in models/serving.json twice with `bentoml serve` on free loopback ports: from
+this working tree, and from `--baseline` (a git commit, exported with `git archive` to a temp folder;
+default: the last commit before the execution policy, issue 12). Then, interleaving old and new
+request by request (this VM's speed drifts by +-20 % between minutes):
+1. raw forward: the model call of each service (decode excluded) on one photo, in-process: the old
+   one as it was (two float32 NCHW batch-1 calls per model), the new one through the policy;
 2. latency at concurrency 1: p50 / p99 of POST /predict;
-3. throughput at concurrency 1, 8 and 32 (adaptive batching merges concurrent requests);
-4. the face step: decode + crop of a ~1 MP JPEG with and without finding the face, interleaved.
-Targets: p50 <= raw forward + 5 ms; throughput at 32 >= 3x sequential; the face step adds <= 10 ms
-p50 per 1 MP photo. Prints the ratios.
+3. throughput at concurrency 1 and 32 (median of `--rounds` rounds, old and new alternating);
+4. the face step: decode + crop of a ~1 MP JPEG with and without finding the face (this tree).
+The photo is a real 350 px SCUT-FBP5500 photo from ../shared when it is there (its JPEG is decoded
+in draft mode when the model input allows), else service/example.jpg (160 px, synthetic).
+Targets (issue 12): /predict p50 new/old <= 0.6; throughput at c=32 new/old >= 2; the face step
+adds <= 10 ms p50 per 1 MP photo. Prints the ratios.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,33 +38,47 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-PHOTO = ROOT / "service" / "example.jpg"
+EXAMPLE = ROOT / "service" / "example.jpg"
+SCUT_PHOTO = ROOT.parent / "shared" / "data" / "facescore" / "images" / "ftw101.jpg"   # 350 x 350
+PHOTO = SCUT_PHOTO if SCUT_PHOTO.is_file() else EXAMPLE
+BASELINE = "d1948e4"          # the last commit before the execution policy (fp32 NCHW, 2 batch-1 calls)
 
 
-def raw_forward(photo: Path):
-    """-> a function that runs the exact model call /predict makes (decode excluded) on one photo."""
+def raw_forwards(photo: Path):
+    """-> {"old": fn, "new": fn}: the model call each /predict makes (decode excluded) on one photo,
+    with the threads of one server worker. old: the pre-policy call (float32 NCHW, the photo and its
+    mirror as two batch-1 calls per model); new: this tree's `predict` under the stored policy."""
     import bentoml
     import torch
 
-    from pipeline.model import TaskModel, load_bundle, predict
-    from pipeline.preprocess import load_uint8
-    from service.service import THREADS
+    from pipeline.execution import cpu_threads
+    from pipeline.model import TaskModel, load_bundle, predict, serving_model
+    from pipeline.preprocess import load_uint8, to_tensor
+    from service.limits import check_models
+    from service.service import WORKERS
 
-    torch.set_num_threads(THREADS)                    # as many threads as one server worker uses
-    models, size, tta = {}, None, False
-    for task in ("gender", "rating"):
-        ref = bentoml.models.get(os.environ[f"FACES_{task.upper()}_MODEL"])
-        models[task] = TaskModel(load_bundle(ref.path_of("model.pt"))[0], task).eval()
-        size, tta = ref.info.metadata["image_size"], ref.info.metadata.get("tta_flip", False)
-    x = load_uint8(photo, size, 10**8)[None]
+    refs = {t: bentoml.models.get(os.environ[f"FACES_{t.upper()}_MODEL"]) for t in ("gender", "rating")}
+    limits = check_models(refs)
+    torch.set_num_threads(cpu_threads(0, WORKERS))       # as many threads as one server worker uses
+    pixels = load_uint8(photo, limits.image_size, 10**8, limits.face)[None]
+    old = [TaskModel(load_bundle(r.path_of("model.pt"))[0], t).eval() for t, r in refs.items()]
+    new = [serving_model(r.path_of("model.pt"), t, limits.execution, workers=WORKERS) for t, r in refs.items()]
+    x = to_tensor(pixels)
 
-    def forward() -> None:
-        for m in models.values():
-            predict(m, x, tta_flip=tta)
+    @torch.no_grad()
+    def forward_old() -> None:
+        for m in old:
+            m(x)
+            if limits.tta_flip:
+                m(x.flip(3))
+
+    def forward_new() -> None:
+        for m, policy in new:
+            predict(m, pixels, tta_flip=limits.tta_flip, policy=policy)
 
     for _ in range(20):                               # the first calls warm up allocator and caches
-        forward()
-    return forward
+        forward_old(), forward_new()
+    return {"old": forward_old, "new": forward_new}, new[0][1]
 
 
 def megapixel_scene() -> bytes:
@@ -98,31 +120,33 @@ def face_step(size: int, face, n: int, threads: int) -> tuple[list[float], list[
     return centre, faced
 
 
-def side_by_side(url: str, photo: Path, forward, n: int) -> tuple[list[float], list[float]]:
-    """Alternates one raw forward and one POST /predict, n times -> (raw ms, HTTP ms). Interleaving
-    keeps both measurements in the same minutes: this VM's speed drifts by +-20 % between minutes."""
-    raw, http = [], []
-    send = requester(url, photo)
+def side_by_side(urls: dict[str, str], photo: Path, forwards: dict, n: int) -> dict[str, dict[str, list[float]]]:
+    """n times: one raw forward and one POST /predict of each service, alternating -> ms lists."""
+    out = {k: {"raw": [], "http": []} for k in urls}
+    send = {k: requester(u, photo) for k, u in urls.items()}
     for _ in range(n):
-        t0 = time.perf_counter()
-        forward()
-        raw.append((time.perf_counter() - t0) * 1000)
-        http.append(send())
-    return raw, http
+        for k in urls:
+            t0 = time.perf_counter()
+            forwards[k]()
+            out[k]["raw"].append((time.perf_counter() - t0) * 1000)
+            out[k]["http"].append(send[k]())
+    return out
 
 
-def serve() -> tuple[subprocess.Popen, str]:
+def serve(cwd: Path = ROOT) -> tuple[subprocess.Popen, str]:
+    """`bentoml serve` of the service in `cwd` (its own pipeline/ and service/ come first on the path)
+    on a free loopback port -> (process, url) once /readyz answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     bentoml = Path(sys.executable).parent / "bentoml"
     proc = subprocess.Popen([str(bentoml), "serve", "service.service:Faces", "--host", "127.0.0.1", "--port",
-                             str(port)], cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             str(port)], cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(cwd)})
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
         if proc.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {proc.returncode}: run `make serve` to see why")
+            raise RuntimeError(f"bentoml serve in {cwd} exited with {proc.returncode}: run `make serve` to see why")
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return proc, url
@@ -131,6 +155,14 @@ def serve() -> tuple[subprocess.Popen, str]:
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGTERM)
     raise RuntimeError("bentoml serve did not become ready")
+
+
+def export_commit(ref: str, into: Path) -> Path:
+    """The service code of commit `ref` (pipeline/ and service/), exported with `git archive`."""
+    tar = subprocess.run(["git", "archive", ref, "pipeline", "service"], cwd=ROOT, check=True,
+                         capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=tar, check=True)
+    return into
 
 
 def multipart(path: Path) -> tuple[bytes, str]:
@@ -177,41 +209,56 @@ def throughput(url: str, photo: Path, concurrency: int, requests: int) -> float:
         return requests / (time.perf_counter() - t0)
 
 
+def _stop(procs) -> None:
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        proc.wait(timeout=30)
+
+
+def report(photo: Path, ref: str, policy, lat: dict, rps: dict, rounds: int) -> None:
+    print(f"photo {photo.name} ({photo.stat().st_size} bytes); old = commit {ref}, new = this tree "
+          f"({policy.describe()['precision']}, {policy.describe()['memory_format']}, {policy.threads} threads/worker)")
+    print(f"{'':<5} {'raw forward p50':>16} {'/predict p50':>13} {'p99':>8} {'c=1 req/s':>10} {'c=32 req/s':>11}")
+    for k in ("old", "new"):
+        raw, (p50, p99) = np.median(lat[k]["raw"]), np.percentile(lat[k]["http"], [50, 99])
+        print(f"{k:<5} {raw:13.2f} ms {p50:10.2f} ms {p99:5.1f} ms {rps[k][1]:10.1f} {rps[k][32]:11.1f}")
+    p50 = {k: np.median(lat[k]["http"]) for k in lat}
+    print(f"new/old: raw forward {np.median(lat['new']['raw']) / np.median(lat['old']['raw']):.2f}x, "
+          f"/predict p50 {p50['new'] / p50['old']:.2f}x (target <= 0.6), "
+          f"c=32 throughput {rps['new'][32] / rps['old'][32]:.2f}x (target >= 2; median of {rounds} rounds), "
+          f"c=1 {rps['new'][1] / rps['old'][1]:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=200, help="requests per measurement")
-    ap.add_argument("--rounds", type=int, default=3, help="throughput rounds (c=1, 8, 32 each); medians")
-    ap.add_argument("--photo", type=Path, default=PHOTO, help="the JPEG to send (default: service/example.jpg)")
+    ap.add_argument("--rounds", type=int, default=3, help="throughput rounds (c=1, 32 each, old and new); medians")
+    ap.add_argument("--photo", type=Path, default=PHOTO, help=f"the JPEG to send (default: {PHOTO.name})")
+    ap.add_argument("--baseline", default=BASELINE, help="git commit to compare with")
     args = ap.parse_args()
     serving = json.loads((ROOT / "models" / "serving.json").read_text())
     for task in ("gender", "rating"):
         os.environ.setdefault(f"FACES_{task.upper()}_MODEL", serving[task]["tag"])
-    proc, url = serve()
-    try:
-        raw, lat = side_by_side(url, args.photo, raw_forward(args.photo), args.requests)
-        rounds = [{c: throughput(url, args.photo, c, args.requests) for c in (1, 8, 32)} for _ in range(args.rounds)]
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+    forwards, policy = raw_forwards(args.photo)
+    with tempfile.TemporaryDirectory() as tmp:
+        procs, urls = {}, {}
+        try:
+            for k, cwd in (("old", export_commit(args.baseline, Path(tmp))), ("new", ROOT)):
+                procs[k], urls[k] = serve(cwd)
+            lat = side_by_side(urls, args.photo, forwards, args.requests)
+            runs = [{k: {c: throughput(u, args.photo, c, args.requests) for c in (1, 32)} for k, u in urls.items()}
+                    for _ in range(args.rounds)]
+        finally:
+            _stop(procs.values())
+    rps = {k: {c: statistics.median(r[k][c] for r in runs) for c in (1, 32)} for k in urls}
+    report(args.photo, args.baseline, policy, lat, rps, args.rounds)
+
     from pipeline.config import load_params
-    from service.service import LIMITS as limits   # checked (sha256) once, at import
-    from service.service import THREADS, WORKERS
+    from service.service import LIMITS as limits
 
     face = limits.face or load_params(ROOT / "params.yaml").ingest.face
     centre, faced = face_step(limits.image_size, face, args.requests, os.cpu_count() or 1)   # as the service
-
-    p50, p99 = np.percentile(lat, [50, 99])
-    rps = {c: statistics.median(r[c] for r in rounds) for c in (1, 8, 32)}
-    ratio = statistics.median(r[32] / r[1] for r in rounds)
-    print(f"cpu cores: {os.cpu_count()}, photo {args.photo.name}, {args.requests} requests per measurement")
-    print(f"server: {WORKERS} workers x {THREADS} torch threads")
-    print(f"raw forward (2 models, flip TTA, batch 1, {THREADS} threads): p50 {np.median(raw):7.2f} ms")
-    print(f"HTTP /predict at concurrency 1:                   p50 {p50:7.2f} ms  p99 {p99:7.2f} ms")
-    print(f"throughput (median of {args.rounds} rounds): c=1 {rps[1]:7.1f} req/s   c=8 {rps[8]:7.1f} req/s"
-          f"   c=32 {rps[32]:7.1f} req/s")
-    print(f"overhead p50 - raw forward: {p50 - np.median(raw):+.2f} ms (target <= +5 ms)")
-    print(f"throughput ratio c=32 / c=1: {ratio:.2f}x, per round {', '.join(f'{r[32] / r[1]:.2f}' for r in rounds)}"
-          " (target >= 3x)")
     served = "these models crop faces" if limits.face else "these models crop the centre; timed with params.yaml's"
     print(f"face step ({served}), 1152x864 JPEG, {os.cpu_count()} OpenCV threads, decode + crop p50: centre "
           f"{np.median(centre):.2f} ms, face {np.median(faced):.2f} ms -> the face step adds "

@@ -68,7 +68,7 @@ def augment(x: torch.Tensor, cfg: Augment, gen: torch.Generator) -> torch.Tensor
         pad = max(1, int(round(cfg.shift * s)))
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
         dx, dy = torch.randint(0, 2 * pad + 1, (2, b), generator=gen)
-        x = torch.stack([padded[i, :, dy[i]:dy[i] + s, dx[i]:dx[i] + s] for i in range(b)])
+        x = shift_crop(padded, dx, dy, s)
     if cfg.contrast > 0:
         c = 1 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * cfg.contrast
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -76,6 +76,16 @@ def augment(x: torch.Tensor, cfg: Augment, gen: torch.Generator) -> torch.Tensor
     if cfg.brightness > 0:
         x = x + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * cfg.brightness / 0.5   # std = 0.5
     return x
+
+
+def shift_crop(padded: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, s: int) -> torch.Tensor:
+    """Crops image i of a padded batch (B, C, P, P) at offset (dx[i], dy[i]) -> (B, C, s, s), as one
+    `gather` over the flattened pixels instead of a Python slice per image (0.65 vs 1.27 ms for 64
+    faces of 80 px; advanced indexing was slower than either, 2.7 ms)."""
+    b, c, p, _ = padded.shape
+    side = torch.arange(s)
+    flat = (dy[:, None, None] + side[None, :, None]) * p + dx[:, None, None] + side[None, None, :]   # (B, s, s)
+    return padded.reshape(b, c, p * p).gather(2, flat.view(b, 1, s * s).expand(b, c, s * s)).view(b, c, s, s)
 
 
 def batches(part: Part, batch_size: int, gen: torch.Generator | None = None):

@@ -101,17 +101,23 @@ def main() -> None:
     from pipeline import tracking
     from pipeline.config import load_params
     from pipeline.data import load_parts
-    from pipeline.model import TaskModel, load_bundle, predict
+    from pipeline.model import load_bundle, predict, serving_model
 
     params, task = load_params(args.params), args.task
     cfg = params.evaluate
     net, bundle = load_bundle(args.model / "model.pt")
-    model = TaskModel(net, task).eval()
     test = load_parts(args.data, args.split, ("test",))["test"]
     y_true, groups = test.targets(task).numpy(), test.meta["group"].to_numpy()
     subgroups = (test.meta["group"] + "_" + test.meta["gender"]).to_numpy()     # e.g. asian_f
-    score = lambda m: predict(m, test.images, cfg.batch_size, cfg.tta_flip)                 # noqa: E731
-    y_pred = score(model)
+
+
+    def score(bundle_path: Path) -> tuple[np.ndarray, dict]:
+        """A bundle scored as the service will serve it: its own execution policy on this machine."""
+        model, policy = serving_model(bundle_path, task)
+        return predict(model, test.images, cfg.batch_size, cfg.tta_flip, policy), policy.describe()
+
+    y_pred, how = score(args.model / "model.pt")
+    run_as = f"{how['precision']} {how['memory_format']} on {how['device']}"     # for the report's protocol line
     m = compute_metrics(task, y_true, y_pred, [groups, subgroups])
     args.out.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame({"filename": test.meta["filename"], "group": groups, "score": y_pred})
@@ -124,7 +130,7 @@ def main() -> None:
     history = json.loads((args.model / "history.json").read_text())
     pngs = plot(task, frame, history, args.out)
     sizes = {p: len((args.split / f"{p}.txt").read_text().split()) for p in ("train", "val", "test")}
-    write_text(args.out / "report.md", report(task, m, _protocol(params, sizes)))
+    write_text(args.out / "report.md", report(task, m, f"{_protocol(params, sizes)}; scored in {run_as}"))
     size = bundle["model_config"]["image_size"]
     title = f"{task} model ({bundle['model_config']['arch']})"
     write_text(args.out / "params.md", to_markdown(layer_table(net, size), title))
@@ -136,8 +142,7 @@ def main() -> None:
         tracking.log_artifacts([*pngs, args.out / "report.md", args.out / "params.md"], "evaluation")
         decision = tracking.register_and_promote(run["model_uri"], name, MAIN_METRIC[task], m[MAIN_METRIC[task]],
                                                  score_champion=lambda path: compute_metrics(   # a bundle path
-                                                     task, y_true, score(TaskModel(load_bundle(path)[0], task)))[
-                                                     MAIN_METRIC[task]],
+                                                     task, y_true, score(Path(path))[0])[MAIN_METRIC[task]],
                                                  promote=cfg.promote)
     write_text(args.out / "metrics.json", json.dumps({**m, "registry": decision}, indent=2) + "\n")
     shown = {k: round(v, 4) for k, v in m.items() if isinstance(v, float)}

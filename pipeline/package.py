@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from pipeline.atomic import sha256_file, write_text
+from pipeline.execution import Execution, policy_dict
 from pipeline.preprocess import MEAN, STD, crop_contract
 
 TASKS = ("gender", "rating")
@@ -106,6 +107,8 @@ def serving_metadata(params, bundle: dict) -> dict:
             "tta_flip": params.evaluate.tta_flip,        # serve exactly as evaluate scored it
             # crop as ingest did for this model (bundles from before the face step: centre)
             "preprocess": bundle.get("preprocess", crop_contract("centre")),
+            # how evaluate ran it (pipeline/execution.py; bundles from before the policy: fp32 NCHW)
+            "execution": policy_dict(Execution.from_bundle(bundle.get("execution"))),
             "serving": bounds}
 
 

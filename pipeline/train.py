@@ -14,7 +14,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,10 +25,12 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import data as data_module
+from pipeline import execution as execution_module
 from pipeline import model as model_module
 from pipeline.atomic import atomic_path, write_text
 from pipeline.config import TaskConfig
 from pipeline.data import Augment, Part, augment, batches, load_parts
+from pipeline.execution import Execution, Policy, policy_dict, resolve, select_device
 from pipeline.metrics import MAIN_METRIC, compute_metrics
 from pipeline.model import ModelConfig, TaskModel, build_model, count_params, predict
 from pipeline.preprocess import crop_contract
@@ -53,13 +54,6 @@ def init_model(mcfg: ModelConfig, heads: list[str], seed: int) -> nn.Module:
     return build_model(mcfg, heads)
 
 
-def select_device(pref: str) -> torch.device:
-    """auto -> cuda when available, else cpu."""
-    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def _loss_fns(task: str, cfg: TaskConfig) -> dict[str, tuple[nn.Module, float]]:
     """Per head: (loss, weight). Classification heads use cross-entropy; rating uses cfg.loss."""
     if (task == "gender") != (cfg.loss == "cross_entropy"):
@@ -70,11 +64,14 @@ def _loss_fns(task: str, cfg: TaskConfig) -> dict[str, tuple[nn.Module, float]]:
     return out
 
 
-def fingerprint(cfg: TaskConfig, parts: dict[str, Part], heads: list[str]) -> str:
-    """Identifies config + data + the training code; a checkpoint is resumed only when this matches."""
-    code = [Path(m.__file__).read_text() for m in (sys.modules[__name__], data_module, model_module)]
+def fingerprint(cfg: TaskConfig, parts: dict[str, Part], heads: list[str], policy: Policy) -> str:
+    """Identifies config + data + the training code + how it runs (device, precision, memory format:
+    each changes the numbers); a checkpoint is resumed only when this matches."""
+    code = [Path(m.__file__).read_text() for m in (sys.modules[__name__], data_module, model_module,
+                                                   execution_module)]
+    how = {k: v for k, v in policy.describe().items() if k != "threads"}
     key = json.dumps([dataclasses.asdict(cfg), heads, {p: list(v.meta["filename"]) for p, v in parts.items()},
-                      parts["train"].images.shape, code], sort_keys=True, default=str)
+                      parts["train"].images.shape, code, how], sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -96,23 +93,32 @@ def _ema(net: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | 
     return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def _train_epoch(net, part, cfg, losses, opt, sched, gen, device, desc, ema=None) -> float:
+def train_step(net, x: torch.Tensor, targets: dict[str, torch.Tensor], losses, opt, sched, policy: Policy,
+               ema=None) -> torch.Tensor:
+    """One optimizer step on an augmented batch x (B, 3, S, S) -> the loss (a 0-d tensor, not yet
+    synchronised: reading it is the caller's choice). The step bench/train.py times."""
+    x = policy.input(x)                                           # channels_last where the policy says
+    with policy.autocast():                                       # bf16 convolutions where native
+        out = net(x)
+        loss = sum(w * fn(out[h].float(), targets[h].to(policy.device)) for h, (fn, w) in losses.items())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    if ema is not None:
+        ema.update_parameters(net)
+    return loss.detach()
+
+
+def _train_epoch(net, part, cfg, losses, opt, sched, gen, policy: Policy, desc, ema=None) -> float:
     net.train()
     targets = {h: part.targets(h) for h in losses}
     aug = Augment(**dataclasses.asdict(cfg.augment))
     total, seen = 0.0, 0
     bar = tqdm(batches(part, cfg.batch_size, gen), total=-(-len(part) // cfg.batch_size), desc=desc, leave=False, disable=None)
     for idx, x in bar:
-        x = augment(x, aug, gen).to(device)                       # (B, 3, S, S)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out = net(x)
-            loss = sum(w * fn(out[h].float(), targets[h][idx].to(device)) for h, (fn, w) in losses.items())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if ema is not None:
-            ema.update_parameters(net)
+        loss = train_step(net, augment(x, aug, gen), {h: t[idx] for h, t in targets.items()}, losses, opt, sched,
+                          policy, ema)
         total += loss.item() * len(idx)
         seen += len(idx)
         bar.set_postfix(loss=f"{total / seen:.4f}")
@@ -146,26 +152,28 @@ def _read_checkpoint(path: Path | None, device: torch.device) -> dict | None:
         return None
 
 
-def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, device: torch.device,
+def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, policy: Policy,
         checkpoint: Path | None = None, on_epoch: Callable[[dict], None] | None = None,
         stop_after: int | None = None) -> FitResult:
     """Trains `net` (heads: task + cfg.aux_tasks) on parts['train'], early-stopping on parts['val'].
 
     Args:
+        policy: device, precision and memory format (pipeline/execution.py).
         checkpoint: saved after every epoch and resumed from when its fingerprint matches.
         on_epoch: called with each epoch's record (the stage logs it to MLflow).
         stop_after: stop after this many epochs of this call, as an interruption would (tests).
     """
     torch.manual_seed(cfg.seed)
     losses = _loss_fns(task, cfg)
-    net.to(device)
+    device = policy.device
+    policy.model(net)                                             # before the optimizer takes its parameters
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * -(-len(parts["train"]) // cfg.batch_size)
     sched = _schedule(cfg, opt, steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     ema = _ema(net, cfg.ema)
     judged = ema.module if ema is not None else net               # what validation scores and we keep
-    fp = fingerprint(cfg, parts, list(losses))
+    fp = fingerprint(cfg, parts, list(losses), policy)
     state = {"epoch": 0, "best_metric": -float("inf"), "best_epoch": 0, "bad": 0, "history": [],
              "best_state": copy.deepcopy(judged.state_dict())}
     ck = _read_checkpoint(checkpoint, device)
@@ -181,8 +189,8 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, devi
     while state["epoch"] < cfg.epochs and state["bad"] < cfg.patience:
         t0 = time.time()
         epoch = state["epoch"] + 1
-        loss = _train_epoch(net, parts["train"], cfg, losses, opt, sched, gen, device, f"{task} epoch {epoch}", ema)
-        pred = predict(TaskModel(judged, task), parts["val"].images, device=device)
+        loss = _train_epoch(net, parts["train"], cfg, losses, opt, sched, gen, policy, f"{task} epoch {epoch}", ema)
+        pred = predict(TaskModel(judged, task), parts["val"].images, policy=policy)
         metric = compute_metrics(task, val_y, pred)[MAIN_METRIC[task]]
         record = {"epoch": epoch, "train_loss": loss, f"val_{MAIN_METRIC[task]}": metric,
                   "lr": sched.get_last_lr()[0], "seconds": time.time() - t0}
@@ -219,33 +227,37 @@ def main() -> None:
 
     params = load_params(args.params)
     cfg: TaskConfig = getattr(params.train, args.task)
-    torch.set_num_threads(params.train.threads or os.cpu_count() or 1)
-    device = select_device(params.train.device)
+    execution = Execution(params.train.precision, params.train.channels_last)
+    policy = resolve(execution, select_device(params.train.device), params.train.threads)
+    policy.apply_threads()
     parts = load_parts(args.data, args.split, ("train", "val"))
     heads = [args.task, *cfg.aux_tasks]
     mcfg = ModelConfig(cfg.arch, cfg.widths, cfg.dropout, params.ingest.image_size)
     net = init_model(mcfg, heads, cfg.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    tags = {"task": args.task, "arch": cfg.arch, "source": params.ingest.source, "device": device.type}
+    tags = {"task": args.task, "arch": cfg.arch, "source": params.ingest.source, **policy.describe()}
     with tracking.stage_run(params, f"train-{args.task}", cfg, tags, system_metrics=True) as run_id:
         t0 = time.time()
-        res = fit(net, parts, args.task, cfg, device, args.out / "checkpoint.pt",
+        res = fit(net, parts, args.task, cfg, policy, args.out / "checkpoint.pt",
                   on_epoch=lambda r: tracking.log_metrics(r, step=r["epoch"]))
         net.load_state_dict(res.best_state)
         seconds = time.time() - t0
+        net = net.cpu().to(memory_format=torch.contiguous_format)   # a plain NCHW float32 network on disk
         bundle = {"state_dict": net.state_dict(), "model_config": dataclasses.asdict(mcfg), "heads": heads,
-                  "task": args.task, "preprocess": crop_contract(params.ingest.crop, params.ingest.face)}
+                  "task": args.task, "preprocess": crop_contract(params.ingest.crop, params.ingest.face),
+                  "execution": policy_dict(execution)}        # evaluate and the service run it this way
         with atomic_path(args.out / "model.pt") as tmp:
             torch.save(bundle, tmp)
         write_text(args.out / "history.json", json.dumps(res.history, indent=1) + "\n")
         tracking.log_metrics({"best_epoch": res.best_epoch, f"best_val_{MAIN_METRIC[args.task]}": res.best_metric,
                               "train_seconds": seconds, "params": count_params(net)})
-        uri = tracking.log_torch_model(TaskModel(net.cpu().eval(), args.task), parts["val"].images[:2])
+        uri = tracking.log_torch_model(TaskModel(net.eval(), args.task), parts["val"].images[:2])
         tracking.log_artifacts([args.out / "model.pt"], "bundle")   # what package.py hands to BentoML
     run = {"run_id": run_id, "model_uri": uri, "train_seconds": round(seconds, 1)}
     write_text(args.out / "run.json", json.dumps(run) + "\n")
     print(f"train {args.task}: best val {MAIN_METRIC[args.task]} {res.best_metric:.4f} at epoch "
-          f"{res.best_epoch}/{len(res.history)} in {seconds:.0f} s on {device.type}")
+          f"{res.best_epoch}/{len(res.history)} in {seconds:.0f} s on {policy.device.type} "
+          f"({policy.describe()['precision']}, {policy.describe()['memory_format']})")
 
 
 if __name__ == "__main__":

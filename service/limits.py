@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.atomic import sha256_file
+from pipeline.execution import Execution
 from pipeline.face import FaceConfig
 from pipeline.preprocess import crop_from_contract
 from service.guard import Route
@@ -26,6 +27,7 @@ class Limits:
     image_size: int
     tta_flip: bool
     face: FaceConfig | None        # crop the face found with these settings; None: centre crop
+    execution: Execution           # precision and memory format evaluate scored the models with
     max_upload_mb: float
     max_request_mb: float
     max_pixels: int
@@ -84,12 +86,13 @@ def _verified(ref) -> dict:
 def check_models(refs: dict) -> Limits:
     """{task: BentoModel} -> the serving Limits both models agree on. Raises ModelError."""
     metas = {task: _verified(ref) for task, ref in refs.items()}
-    facts = {task: (m["image_size"], bool(m.get("tta_flip", False)), m["serving"], m.get("preprocess"))
-             for task, m in metas.items()}
+    facts = {task: (m["image_size"], bool(m.get("tta_flip", False)), m["serving"], m.get("preprocess"),
+                    Execution.from_bundle(m.get("execution"))) for task, m in metas.items()}
     if len(set(map(repr, facts.values()))) != 1:
-        raise ModelError(f"faces: the models disagree on input size, flip averaging, crop or serving bounds: {facts}")
-    size, tta, serving, contract = next(iter(facts.values()))
-    fields = {f.name for f in dataclasses.fields(Limits)} - {"image_size", "tta_flip", "face", "max_batch"}
+        raise ModelError("faces: the models disagree on input size, flip averaging, crop, serving bounds or "
+                         f"execution policy: {facts}")
+    size, tta, serving, contract, execution = next(iter(facts.values()))
+    fields = {f.name for f in dataclasses.fields(Limits)} - {"image_size", "tta_flip", "face", "execution", "max_batch"}
     if set(serving) != fields or contract is None:
         raise ModelError(f"faces: serving bounds {sorted(serving)} do not match this service's {sorted(fields)}, "
                          "or the crop is not recorded; re-run the package stage")
@@ -97,7 +100,7 @@ def check_models(refs: dict) -> Limits:
         face = crop_from_contract(contract)
     except (TypeError, ValueError) as e:
         raise ModelError(f"faces: cannot crop the way these models were trained: {e}") from None
-    return Limits(image_size=size, tta_flip=tta, face=face, **serving)
+    return Limits(image_size=size, tta_flip=tta, face=face, execution=execution, **serving)
 
 
 def guard_routes(limits: Limits) -> dict[str, Route]:

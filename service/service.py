@@ -27,28 +27,27 @@ from typing import Annotated, Literal
 
 import bentoml
 import numpy as np
-from PIL import Image
 from bentoml.exceptions import UnprocessableEntity
+from PIL import Image
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from pipeline.model import TaskModel, load_bundle
 from pipeline.model import predict as model_predict
+from pipeline.model import serving_model
 from pipeline.preprocess import Framed, ImageError, frame, open_image
 from service.batcher import Batcher
 from service.guard import UploadGuard
 from service.limits import check_models, guard_routes
-from service.openapi import DocsAnswers
 from service.logs import ClientErrorFilter
+from service.openapi import DocsAnswers
 
 EXAMPLE_INPUT = Path(__file__).parent / "example.jpg"
 GENDER_TAG = os.environ.get("FACES_GENDER_MODEL", "faces-gender:latest")
 RATING_TAG = os.environ.get("FACES_RATING_MODEL", "faces-rating:latest")
 WORKERS = 2                                             # processes, each with its own copy of the models
-THREADS = max(1, (os.cpu_count() or 1) // WORKERS)     # torch threads per worker: no oversubscription
 # BentoML opens an OpenTelemetry span per request even when none is exported (its default sample rate
 # is 0); on the 2-core machine that was 0.7 ms of each /predict (bench/serve.py, README). So the photo
 # routes get spans only with FACES_TRACE=1, for when you configure BentoML's tracing exporter.
@@ -202,15 +201,14 @@ class Faces:
     rating_ref = REFS["rating"]
 
     def __init__(self) -> None:
-        import torch
-
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        torch.set_num_threads(THREADS)
         self.models, self.versions = {}, {}
         for task, ref in (("gender", self.gender_ref), ("rating", self.rating_ref)):
-            net, _ = load_bundle(ref.path_of("model.pt"), map_location=self.device)
-            self.models[task] = TaskModel(net, task).to(self.device).eval()
+            # CUDA when present; precision and memory format as evaluate scored them (the stored
+            # policy, resolved here); each worker gets its share of the cores
+            self.models[task], self.policy = serving_model(ref.path_of("model.pt"), task, LIMITS.execution,
+                                                           workers=WORKERS)
             self.versions[f"{task}_version"] = ref.info.labels.get("mlflow_version", str(ref.tag.version))
+        self.policy.apply_threads()
         self.size, self.tta_flip, self.face = LIMITS.image_size, LIMITS.tta_flip, LIMITS.face
         if self.face is not None:
             import cv2
@@ -243,7 +241,7 @@ class Faces:
         x = np.stack(photos)
         rows = []
         for a, b in pow2_chunks(len(x)):
-            cols = [model_predict(self.models[t], x[a:b], tta_flip=self.tta_flip, device=self.device)
+            cols = [model_predict(self.models[t], x[a:b], tta_flip=self.tta_flip, policy=self.policy)
                     for t in ("gender", "rating")]
             rows.extend(np.stack(cols, axis=1).tolist())
         return rows

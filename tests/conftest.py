@@ -135,6 +135,7 @@ TEST_SERVING = {"max_upload_mb": 1, "max_request_mb": 3, "max_pixels": 4_000_000
                 "max_batch_files": 4, "max_inflight": 8, "retry_after_s": 1, "read_timeout_s": 15,
                 "decode_threads": 1}
 CENTRE = {"crop": "centre"}   # the crop contract of centre-crop models
+DEFAULT_EXECUTION = {"precision": "auto", "channels_last": True}   # params.yaml's train.precision / channels_last
 
 
 @pytest.fixture(scope="session")
@@ -145,7 +146,8 @@ def served_models(tmp_path_factory) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("bundles")
     tags = {}
     for task in ("gender", "rating"):
-        meta = {"image_size": 32, "tta_flip": True, "serving": TEST_SERVING, "preprocess": CENTRE}
+        meta = {"image_size": 32, "tta_flip": True, "serving": TEST_SERVING, "preprocess": CENTRE,
+                "execution": DEFAULT_EXECUTION}
         bm = save_bundle(f"test-{task}", tiny_bundle(tmp / f"{task}.pt", task), {"mlflow_version": "7"}, meta)
         tags[task] = str(bm.tag)
         os.environ[f"FACES_{task.upper()}_MODEL"] = tags[task]

@@ -7,20 +7,22 @@ import bentoml
 import pytest
 
 from pipeline.package import save_bundle
+from pipeline.execution import Execution
 from service.limits import Limits, ModelError, check_models, guard_routes
 
-from conftest import ROOT, TEST_SERVING, CENTRE, free_port, tiny_bundle, venv_env
+from conftest import ROOT, TEST_SERVING, CENTRE, DEFAULT_EXECUTION, free_port, tiny_bundle, venv_env
 
 
 def _stored(tmp_path, task, name, **meta):
-    meta = {"image_size": 32, "tta_flip": True, "serving": TEST_SERVING, "preprocess": CENTRE, **meta}
+    meta = {"image_size": 32, "tta_flip": True, "serving": TEST_SERVING, "preprocess": CENTRE,
+            "execution": DEFAULT_EXECUTION, **meta}
     return save_bundle(name, tiny_bundle(tmp_path / f"{name}.pt", task), {"mlflow_version": "1"}, meta)
 
 
 def test_limits_come_from_the_models_metadata(tmp_path):
     refs = {t: _stored(tmp_path, t, f"lim-{t}") for t in ("gender", "rating")}
     limits = check_models(refs)
-    assert limits == Limits(image_size=32, tta_flip=True, face=None, **TEST_SERVING)
+    assert limits == Limits(image_size=32, tta_flip=True, face=None, execution=Execution("auto", True), **TEST_SERVING)
     routes = guard_routes(limits)
     assert routes["/predict"].max_files == 1 and routes["/predict_batch"].max_files == 4
     assert routes["/predict_batch"].max_bytes == 3 * 2**20 and routes["/predict"].max_file_bytes == 2**20
@@ -48,6 +50,15 @@ def test_models_packaged_before_hashes_or_with_other_bounds_are_refused(tmp_path
     a, b = _stored(tmp_path, "gender", "pair-gender"), _stored(tmp_path, "rating", "pair-rating", image_size=48)
     with pytest.raises(ModelError, match="disagree"):
         check_models({"gender": a, "rating": b})
+    fp32 = _stored(tmp_path, "rating", "fp32-rating", execution={"precision": "fp32", "channels_last": True})
+    with pytest.raises(ModelError, match="execution policy"):
+        check_models({"gender": a, "rating": fp32})
+
+
+def test_a_model_packaged_before_the_execution_policy_runs_as_it_was_scored_fp32_nchw(tmp_path):
+    meta = {"image_size": 32, "tta_flip": True, "serving": TEST_SERVING, "preprocess": CENTRE}
+    refs = {t: save_bundle(f"pre-{t}", tiny_bundle(tmp_path / f"pre-{t}.pt", t), {}, meta) for t in ("gender", "rating")}
+    assert check_models(refs).execution == Execution("fp32", False)
 
 
 @pytest.mark.slow

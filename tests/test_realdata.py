@@ -38,7 +38,8 @@ def test_the_scut_profile_at_a_small_budget_learns_far_above_chance(real_data, t
 
     from pipeline.config import load_profile
     from pipeline.metrics import compute_metrics
-    from pipeline.model import ModelConfig, TaskModel, predict
+    from pipeline.execution import Execution, resolve
+    from pipeline.model import ModelConfig, inference_model, predict
     from pipeline.train import fit, init_model
 
     from conftest import ROOT, split_parts
@@ -48,13 +49,14 @@ def test_the_scut_profile_at_a_small_budget_learns_far_above_chance(real_data, t
     assert labels.name == "SCUT-FBP5500_labels.txt"
     face = p.ingest.face if p.ingest.crop == "face" else None         # the profile's own crop
     parts = split_parts(ingest(read_labels(labels, "scut"), images, 48, 10**8, workers=2, face=face), 0.15, 0.15)
+    policy = resolve(Execution(p.train.precision, p.train.channels_last), torch.device("cpu"))
     got = {}
     for task, metric in (("gender", "accuracy"), ("rating", "pearson")):
         cfg = dataclasses.replace(getattr(p.train, task), widths=(16, 32, 64, 128), epochs=8, patience=8,
                                   ema=0.9)
         net = init_model(ModelConfig(cfg.arch, cfg.widths, cfg.dropout, 48), [task, *cfg.aux_tasks], cfg.seed)
-        net.load_state_dict(fit(net, parts, task, cfg, torch.device("cpu")).best_state)
-        pred = predict(TaskModel(net, task).eval(), parts["test"].images, tta_flip=True)
+        net.load_state_dict(fit(net, parts, task, cfg, policy).best_state)
+        pred = predict(inference_model(net, task, policy), parts["test"].images, tta_flip=True, policy=policy)
         got[task] = compute_metrics(task, parts["test"].targets(task).numpy(), pred)[metric]
     assert got["gender"] >= 0.90 and got["rating"] >= 0.6, got        # chance: 0.5 and 0.0
 

@@ -6,9 +6,15 @@ import torch
 from pipeline.config import load_params
 from pipeline.metrics import compute_metrics
 from pipeline.model import ModelConfig, TaskModel, build_model, predict
-from pipeline.train import fit, select_device
+from pipeline.execution import Execution, resolve, select_device
+from pipeline.train import fit
 
 from conftest import ROOT
+
+
+# the default execution policy (bf16 + channels_last where the CPU has bf16): the resume and kill
+# tests below hold bit for bit under it
+CPU = resolve(Execution("auto", True), torch.device("cpu"), threads=1)
 
 
 def _cfg(task, **kw):
@@ -35,7 +41,7 @@ def one_thread():
 def test_tiny_training_learns(small_parts, task, metric, floor):
     cfg = _cfg(task)
     net = _net(cfg, task)
-    res = fit(net, small_parts, task, cfg, torch.device("cpu"))
+    res = fit(net, small_parts, task, cfg, CPU)
     net.load_state_dict(res.best_state)
     pred = predict(TaskModel(net, task), small_parts["test"].images)
     got = compute_metrics(task, small_parts["test"].targets(task).numpy(), pred)[metric]
@@ -47,7 +53,7 @@ def test_multitask_trains_every_head(small_parts):
     cfg = _cfg("gender", aux_tasks=("rating", "group"), epochs=1)
     net = _net(cfg, "gender")
     before = {k: v.clone() for k, v in net.heads.state_dict().items()}
-    fit(net, small_parts, "gender", cfg, torch.device("cpu"))
+    fit(net, small_parts, "gender", cfg, CPU)
     assert all(not torch.equal(before[k], v) for k, v in net.heads.state_dict().items())
 
 
@@ -55,11 +61,11 @@ def test_multitask_trains_every_head(small_parts):
 @pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_resume_after_interruption_equals_an_uninterrupted_run(small_parts, tmp_path, ema):
     cfg = _cfg("rating", epochs=4, dropout=0.2, ema=ema)
-    whole = fit(_net(cfg, "rating"), small_parts, "rating", cfg, torch.device("cpu"), tmp_path / "a.pt")
-    cut = fit(_net(cfg, "rating"), small_parts, "rating", cfg, torch.device("cpu"), tmp_path / "b.pt",
+    whole = fit(_net(cfg, "rating"), small_parts, "rating", cfg, CPU, tmp_path / "a.pt")
+    cut = fit(_net(cfg, "rating"), small_parts, "rating", cfg, CPU, tmp_path / "b.pt",
               stop_after=2)
     assert not cut.finished and len(cut.history) == 2
-    resumed = fit(_net(cfg, "rating"), small_parts, "rating", cfg, torch.device("cpu"), tmp_path / "b.pt")
+    resumed = fit(_net(cfg, "rating"), small_parts, "rating", cfg, CPU, tmp_path / "b.pt")
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4] == [h["epoch"] for h in whole.history]
     assert resumed.best_epoch == whole.best_epoch
     for k, v in whole.best_state.items():
@@ -68,22 +74,22 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(small_parts, tmp_
 
 def test_checkpoint_of_another_config_is_not_resumed(small_parts, tmp_path):
     cfg = _cfg("gender", epochs=1)
-    fit(_net(cfg, "gender"), small_parts, "gender", cfg, torch.device("cpu"), tmp_path / "c.pt")
+    fit(_net(cfg, "gender"), small_parts, "gender", cfg, CPU, tmp_path / "c.pt")
     other = dataclasses.replace(cfg, lr=cfg.lr / 2)
-    res = fit(_net(other, "gender"), small_parts, "gender", other, torch.device("cpu"), tmp_path / "c.pt")
+    res = fit(_net(other, "gender"), small_parts, "gender", other, CPU, tmp_path / "c.pt")
     assert [h["epoch"] for h in res.history] == [1]          # started over instead of "already done"
 
 
 def test_early_stopping_stops_after_patience(small_parts):
     cfg = _cfg("gender", epochs=30, patience=2, lr=1e-9)    # nothing improves after epoch 1
-    res = fit(_net(cfg, "gender"), small_parts, "gender", cfg, torch.device("cpu"))
+    res = fit(_net(cfg, "gender"), small_parts, "gender", cfg, CPU)
     assert len(res.history) < 30 and len(res.history) - res.best_epoch == 2
 
 
 def test_wrong_loss_for_task_is_refused(small_parts):
     cfg = _cfg("gender", loss="mse")
     with pytest.raises(ValueError, match="does not fit"):
-        fit(_net(cfg, "gender"), small_parts, "gender", cfg, torch.device("cpu"))
+        fit(_net(cfg, "gender"), small_parts, "gender", cfg, CPU)
 
 
 def test_device_selection():
@@ -93,8 +99,8 @@ def test_device_selection():
 
 def test_a_finished_run_is_not_resumed_by_the_next_one(small_parts, tmp_path):
     cfg = _cfg("gender", epochs=2)
-    fit(_net(cfg, "gender"), small_parts, "gender", cfg, torch.device("cpu"), tmp_path / "d.pt")
-    again = fit(_net(cfg, "gender"), small_parts, "gender", cfg, torch.device("cpu"), tmp_path / "d.pt")
+    fit(_net(cfg, "gender"), small_parts, "gender", cfg, CPU, tmp_path / "d.pt")
+    again = fit(_net(cfg, "gender"), small_parts, "gender", cfg, CPU, tmp_path / "d.pt")
     assert [h["epoch"] for h in again.history] == [1, 2]     # trained again, not "already done"
 
 
@@ -110,7 +116,7 @@ def test_initial_weights_come_from_the_seed():
 def test_ema_keeps_the_moving_average_not_the_last_weights(small_parts):
     cfg = _cfg("gender", epochs=2, patience=2, ema=0.5)
     net = _net(cfg, "gender")
-    res = fit(net, small_parts, "gender", cfg, torch.device("cpu"))
+    res = fit(net, small_parts, "gender", cfg, CPU)
     # the kept state is the average: it differs from the trained weights, and its BN statistics too
     differs = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.equal(v, res.best_state[k])]
     assert any("running_mean" in k for k in differs) and any(k.endswith("weight") for k in differs)
@@ -147,7 +153,8 @@ elif what == "save":
     torch.save = killing_save
 torch.manual_seed(0)
 net = train.build_model(train.ModelConfig("convnet", cfg.widths, cfg.dropout, 32), ["rating"])
-res = train.fit(net, parts, "rating", cfg, torch.device("cpu"), __import__("pathlib").Path(ck))
+policy = train.resolve(train.Execution("auto", True), torch.device("cpu"), threads=1)
+res = train.fit(net, parts, "rating", cfg, policy, __import__("pathlib").Path(ck))
 buf = io.BytesIO(); torch.serialization.save(res.best_state, buf); open(out, "wb").write(buf.getvalue())
 '''
 
@@ -162,7 +169,7 @@ def test_killed_at_any_point_incl_mid_checkpoint_save_a_rerun_ends_with_the_unin
     from conftest import venv_env
 
     cfg = _cfg("rating", epochs=3, dropout=0.2)
-    whole = fit(_net(cfg, "rating"), small_parts, "rating", cfg, torch.device("cpu"), tmp_path / "whole.pt")
+    whole = fit(_net(cfg, "rating"), small_parts, "rating", cfg, CPU, tmp_path / "whole.pt")
     (tmp_path / "in.pkl").write_bytes(pickle.dumps((small_parts, cfg)))
     ck, out = tmp_path / "ck.pt", tmp_path / "best.pt"
     steps = -(-len(small_parts["train"]) // cfg.batch_size)            # optimizer steps per epoch
@@ -186,7 +193,7 @@ def test_an_unreadable_checkpoint_is_reported_and_training_starts_over(small_par
     cfg = _cfg("gender", epochs=1)
     ck = tmp_path / "ck.pt"
     ck.write_bytes(b"PK\x03\x04 half a zip file")                 # what a non-atomic save killed mid-way left
-    res = fit(_net(cfg, "gender"), small_parts, "gender", cfg, torch.device("cpu"), ck)
+    res = fit(_net(cfg, "gender"), small_parts, "gender", cfg, CPU, ck)
     assert [h["epoch"] for h in res.history] == [1]
     assert "is unreadable" in capsys.readouterr().err
     assert torch.load(ck, weights_only=True)["finished"]          # replaced by a good one
