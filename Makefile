@@ -20,6 +20,9 @@ UI_PORT ?= 5000
 # `make repro PROFILE=scut DATA=<photo folder>`: a params profile (profiles/<name>.yaml) as a DVC experiment
 PROFILE ?=
 DATA ?=
+# `make gpu-train [DATA=...] [SET='train.rating.epochs=1 ...'] [GPU_OUT=out/gpu]`: the GPU profile
+SET ?=
+GPU_OUT ?= out/gpu
 # the tracking URI lives in params.yaml alone
 TRACKING_URI = $(shell $(BIN)/python -c 'from pipeline.config import load_params; print(load_params().tracking.uri)')
 
@@ -29,7 +32,7 @@ ST := $(ST_VENV)/bin/st
 SCHEMATHESIS := 4.32.5
 tag = $(shell $(BIN)/python -c 'import json; print(json.load(open("$(SERVING)"))["$(1)"]["tag"])')
 
-.PHONY: install repro test ui serve build docker-context container-test bench bench-train hardening faces st lock clean
+.PHONY: install repro test ui serve build docker-context container-test bench bench-train gpu-train hardening faces st lock clean
 install: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
@@ -42,8 +45,12 @@ repro: install  ## the DVC pipeline: synthetic data by default; PROFILE=scut DAT
 ifeq ($(PROFILE)$(DATA),)
 	dvc repro
 else
-	python -m pipeline.config --profile '$(PROFILE)' --data '$(DATA)'
+	python -m pipeline.config --profile '$(PROFILE)' --data '$(DATA)' $(foreach s,$(SET),--set '$(s)')
 endif
+
+gpu-train: install  ## profiles/scut-gpu.yaml (one GPU, <= 10 min): models, metrics, BentoML exports -> GPU_OUT
+	python -m pipeline.config --profile scut-gpu --data '$(or $(DATA),../shared/data/facescore)' $(foreach s,$(SET),--set '$(s)')
+	python -m pipeline.export --serving $(SERVING) --out '$(GPU_OUT)'
 
 st: $(ST)  ## schemathesis in .venv-st (tests/test_hardening.py uses it when present)
 

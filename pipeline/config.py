@@ -238,11 +238,28 @@ def load_profile(profile: str | Path, data: str | None = None, params: str | Pat
     return _checked(*_profile(profile, data), params)
 
 
+def with_sets(over: dict, sets: list[str]) -> dict:
+    """A profile's overrides + `key.path=value` strings (values are YAML), the later ones winning."""
+    out = dict(over)
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ParamsError(f"--set {item!r}: expected key.path=value")
+        *parents, leaf = key.split(".")
+        node = out
+        for k in parents:
+            node[k] = dict(node.get(k) or {})
+            node = node[k]
+        node[leaf] = yaml.safe_load(text)
+    return out
+
+
 def profile_overrides(profile: str | Path, data: str | None = None,
-                      params: str | Path = "params.yaml") -> list[str]:
-    """A profile + an optional data folder -> `-S` overrides, checked: the merged params must load, so
-    a typo in a profile fails here, before any stage runs."""
+                      params: str | Path = "params.yaml", sets: list[str] = ()) -> list[str]:
+    """A profile + an optional data folder (+ `key=value` sets) -> `-S` overrides, checked: the merged
+    params must load, so a typo in a profile or a set fails here, before any stage runs."""
     over, where = _profile(profile, data)          # the profile is read once, checked, then flattened
+    over = with_sets(over, list(sets))
     _checked(over, where, params)
     return flat_overrides(over)
 
@@ -251,6 +268,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="Run the pipeline as a DVC experiment with a params profile")
     ap.add_argument("--profile", default="", help="name in profiles/ (e.g. scut) or a YAML path")
     ap.add_argument("--data", default="", help="photo folder (sets ingest.path)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="one more override on top of the profile, e.g. train.rating.epochs=1 (repeatable)")
     ap.add_argument("--dry-run", action="store_true", help="print the dvc command, do not run it")
     args = ap.parse_args()
     if args.data and not args.profile:
@@ -258,7 +277,7 @@ def main() -> None:
         # synthetic champions in the registry
         sys.exit("profile: --data (DATA=) needs a profile that names the source, e.g. PROFILE=scut")
     try:
-        sets = profile_overrides(args.profile, args.data or None)
+        sets = profile_overrides(args.profile, args.data or None, sets=args.set)
     except (OSError, ParamsError) as e:
         sys.exit(f"profile: {e}")
     cmd = ["dvc", "exp", "run"] + [a for s in sets for a in ("-S", s)]

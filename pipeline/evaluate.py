@@ -21,7 +21,7 @@ from sklearn import metrics as skm
 
 from pipeline.atomic import atomic_path, write_text
 from pipeline.layers import layer_table, to_markdown
-from pipeline.metrics import MAIN_METRIC, compute_metrics
+from pipeline.metrics import MAIN_METRIC, bootstrap_ci, compute_metrics
 from pipeline.sources import locate
 
 PAPER = [  # SCUT-FBP5500 paper, 60/40 split, ImageNet-pretrained networks (Liang et al., 2018)
@@ -65,6 +65,9 @@ def plot(task: str, frame: pd.DataFrame, history: list[dict], out: Path) -> list
 def report(task: str, m: dict, protocol: str) -> str:
     """Markdown results; for rating, our numbers beside the paper's table."""
     lines = [f"# {task}: test-split results", "", f"Protocol: {protocol}", ""]
+    if "ci95" in m:
+        spans = ", ".join(f"{k} [{lo:.4f}, {hi:.4f}]" for k, (lo, hi) in m["ci95"].items())
+        lines += [f"95 % bootstrap intervals over the test photos (1000 resamples): {spans}", ""]
     if task == "gender":
         lines += [f"Accuracy {m['accuracy']:.4f}, ROC-AUC {m['roc_auc']:.4f}, confusion (rows true f/m) "
                   f"{m['confusion']}", ""]
@@ -119,6 +122,7 @@ def main() -> None:
     y_pred, how = score(args.model / "model.pt")
     run_as = f"{how['precision']} {how['memory_format']} on {how['device']}"     # for the report's protocol line
     m = compute_metrics(task, y_true, y_pred, [groups, subgroups])
+    m["ci95"] = bootstrap_ci(task, y_true, y_pred)       # what this one test split can tell apart
     args.out.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame({"filename": test.meta["filename"], "group": groups, "score": y_pred})
     if task == "gender":
@@ -139,6 +143,8 @@ def main() -> None:
     name = f"{params.tracking.experiment}-{params.ingest.source}-{task}"
     with tracking.continue_run(params, run_id):
         tracking.log_metrics({f"test_{k}": v for k, v in m.items() if isinstance(v, float)})
+        tracking.log_metrics({f"test_{k}_ci95_{end}": b for k, span in m["ci95"].items()
+                              for end, b in zip(("lo", "hi"), span)})
         tracking.log_artifacts([*pngs, args.out / "report.md", args.out / "params.md"], "evaluation")
         decision = tracking.register_and_promote(run["model_uri"], name, MAIN_METRIC[task], m[MAIN_METRIC[task]],
                                                  score_champion=lambda path: compute_metrics(   # a bundle path

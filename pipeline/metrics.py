@@ -49,3 +49,23 @@ def _corr(fn, a, b) -> float:
     if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
         return float("nan")                  # a constant prediction has no correlation, not 0 or 1
     return float(fn(a, b)[0])
+
+
+def bootstrap_ci(task: str, y_true, y_pred, n: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile intervals of the headline metrics over `n` resamples (with replacement) of the
+    test photos -> {"accuracy": [lo, hi]} (gender) or {"pearson", "mae", "rmse": [lo, hi]} (rating).
+
+    What one test split can tell apart: on ~500 photos Pearson moves by about +-0.02 and accuracy by
+    about +-1.3 points from the photos drawn alone, before any training noise."""
+    y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(y_true), (n, len(y_true)))      # (n, N)
+    t, p = y_true[idx], y_pred[idx]
+    if task == "gender":
+        draws = {"accuracy": ((p >= 0.5) == (t == 1)).mean(1)}
+    else:
+        tc, pc = t - t.mean(1, keepdims=True), p - p.mean(1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = (tc * pc).sum(1) / np.sqrt((tc ** 2).sum(1) * (pc ** 2).sum(1))
+        draws = {"pearson": r, "mae": np.abs(t - p).mean(1), "rmse": np.sqrt(((t - p) ** 2).mean(1))}
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    return {k: [float(v) for v in np.nanpercentile(d, q)] for k, d in draws.items()}

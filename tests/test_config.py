@@ -82,3 +82,24 @@ def test_the_profile_command_prints_dvc_exp_run_and_refuses_data_without_a_profi
     assert '-S ingest.path="/photos"' in ok.stdout
     bad = subprocess.run(cmd + ["--data", "/photos"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 1 and "needs a profile" in bad.stderr
+
+
+def test_sets_on_top_of_a_profile_win_and_are_checked_like_the_profile():
+    sets = profile_overrides("scut-gpu", "/photos", params=ROOT / "params.yaml",
+                             sets=["train.rating.epochs=1", "ingest.image_size=32", "train.gender.widths=[4,8]"])
+    back = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in sets)}
+    assert back["train.rating.epochs"] == 1 and back["ingest.image_size"] == 32
+    assert back["train.gender.widths"] == [4, 8] and back["train.gender.epochs"] == 60     # the rest: the profile's
+    with pytest.raises(ParamsError, match="unknown key 'epochz'"):
+        profile_overrides("scut-gpu", params=ROOT / "params.yaml", sets=["train.rating.epochz=1"])
+    with pytest.raises(ParamsError, match="expected key.path=value"):
+        profile_overrides("scut-gpu", params=ROOT / "params.yaml", sets=["train.rating.epochs"])
+
+
+def test_the_gpu_profile_differs_from_the_cpu_profile_only_in_budget_not_in_data():
+    from pipeline.config import load_profile
+
+    cpu = load_profile("scut", params=ROOT / "params.yaml")
+    gpu = load_profile("scut-gpu", params=ROOT / "params.yaml")
+    assert (gpu.ingest.source, gpu.ingest.crop, gpu.split) == (cpu.ingest.source, cpu.ingest.crop, cpu.split)
+    assert gpu.ingest.image_size > cpu.ingest.image_size and gpu.train.rating.epochs > cpu.train.rating.epochs

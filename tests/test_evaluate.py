@@ -53,3 +53,21 @@ def test_subgroup_metrics_have_counts_and_rating_mae():
     assert math.isclose(m["mae_asian_f"], 0.25) and math.isclose(m["mae_caucasian_m"], 0.75)
     assert math.isnan(m["pearson_asian_m"])                    # one photo: no correlation
     assert "| caucasian_m | 2 |" in report("rating", m, "p")
+
+
+def test_bootstrap_interval_is_a_point_for_a_perfect_model_and_brackets_the_estimate():
+    from pipeline.metrics import bootstrap_ci
+
+    y = np.array([0, 1] * 50)
+    assert bootstrap_ci("gender", y, y.astype(float)) == {"accuracy": [1.0, 1.0]}
+    half = np.where(np.arange(100) < 50, y, 1 - y).astype(float)                    # exactly 50 % right
+    lo, hi = bootstrap_ci("gender", y, half)["accuracy"]
+    assert lo < 0.5 < hi and 0.05 < hi - lo < 0.25          # binomial sd at n=100: 0.05 -> ~0.2 wide
+    rng = np.random.default_rng(1)
+    t = rng.uniform(1, 5, 400)
+    p = t + rng.normal(0, 0.5, 400)
+    ci = bootstrap_ci("rating", t, p, n=500)
+    m = compute_metrics("rating", t, p)
+    for k in ("pearson", "mae", "rmse"):
+        assert ci[k][0] < m[k] < ci[k][1], k
+    assert ci["mae"][1] - ci["mae"][0] < 0.1 and ci == bootstrap_ci("rating", t, p, n=500)   # seeded

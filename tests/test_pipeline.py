@@ -1,6 +1,7 @@
 """End to end: `dvc repro` of the data stages in a temp copy of the repo (real dvc, GX, MLflow)."""
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -169,6 +170,59 @@ def _service_agrees_with_evaluate(repo, images="data/synthetic/images", crop="ce
         assert r == pytest.approx(rating[name], abs=1e-5), name
 
 
+def _scut_subset(real_data: Path, photos: Path, per_prefix: int = 24) -> Path:
+    """The first `per_prefix` photos of each of ftw/fty/mtw/mty with their official labels, in a SCUT
+    layout under `photos` (a temp folder: the data is never copied into the repo)."""
+    import shutil
+
+    (photos / "images").mkdir(parents=True)
+    lines = (real_data / "SCUT-FBP5500_labels.txt").read_text().splitlines()
+    picked = [ln for prefix in ("ftw", "fty", "mtw", "mty") for ln in [x for x in lines if x.startswith(prefix)][:per_prefix]]
+    (photos / "SCUT-FBP5500_labels.txt").write_text("\n".join(picked) + "\n")
+    for ln in picked:
+        name = ln.split()[0]
+        shutil.copy(real_data / "images" / name, photos / "images" / name)
+    return photos
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.integration
+def test_gpu_profile_runs_on_cpu_at_a_tiny_budget_and_exports_servable_models(real_data, tmp_path):
+    """`make gpu-train`'s two commands (the GPU profile as a DVC experiment, then pipeline.export) on
+    96 SCUT photos with a tiny budget: one folder with both bundles, their metrics and BentoML exports
+    that import into another store and pass the service's start-up check."""
+    photos = _scut_subset(real_data, tmp_path / "scut")
+    repo = copy_repo(tmp_path / "repo", {"synth": TINY["synth"]})
+    tiny = [f"train.{t}.{k}={v}" for t in ("gender", "rating") for k, v in
+            (("widths", "[8,16]"), ("epochs", 1), ("patience", 1), ("batch_size", 16))] + ["ingest.image_size=32"]
+    cmd = ["python", "-m", "pipeline.config", "--profile", "scut-gpu", "--data", str(photos)]
+    log = run(cmd + [a for s in tiny for a in ("--set", s)], repo, timeout=900)
+    assert "face crop" in log and "package rating" in log
+    out = tmp_path / "out"
+    run(["python", "-m", "pipeline.export", "--serving", "models/serving.json", "--out", str(out)], repo)
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == {
+        "serving.json", "faces-gender.bentomodel", "faces-rating.bentomodel",
+        *[f"{t}/{f}" for t in ("gender", "rating") for f in ("model.pt", "history.json", "metrics.json", "report.md")]}
+    assert json.loads((out / "rating" / "metrics.json").read_text())["registry"]["model"] == "faces-scut-rating"
+    import subprocess
+
+    from conftest import venv_env
+
+    home = tmp_path / "other-bentoml"                 # the serving machine's store, not the test session's
+    for t in ("gender", "rating"):
+        p = subprocess.run(["bentoml", "models", "import", str(out / f"faces-{t}.bentomodel")], cwd=repo,
+                           env={**venv_env(), "BENTOML_HOME": str(home)}, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr[-2000:]
+    serving = json.loads((out / "serving.json").read_text())
+    check = ("import sys; from service.limits import check_models; import bentoml; l = check_models("
+             "{t: bentoml.models.get(sys.argv[i + 1]) for i, t in enumerate(('gender', 'rating'))}); "
+             "print(l.image_size, l.face is not None, l.execution)")
+    p = subprocess.run([sys.executable, "-c", check, serving["gender"]["tag"], serving["rating"]["tag"]], cwd=repo,
+                       env={**venv_env(), "BENTOML_HOME": str(home)}, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.startswith("32 True Execution(precision='auto'"), p.stderr[-2000:]
+
+
 @pytest.mark.realdata
 @pytest.mark.slow
 @pytest.mark.integration
@@ -176,16 +230,7 @@ def test_face_crop_pipeline_on_real_photos_serves_exactly_what_evaluate_scored(r
     """ingest.crop=face end to end on 96 SCUT photos: ingest crops the faces, the crop contract travels
     through train, MLflow and package into the BentoML metadata, and the service, given each test
     photo FILE, finds and crops the face itself and answers exactly what evaluate scored."""
-    import shutil
-
-    photos = tmp_path / "scut"
-    (photos / "images").mkdir(parents=True)
-    lines = (real_data / "SCUT-FBP5500_labels.txt").read_text().splitlines()
-    picked = [ln for prefix in ("ftw", "fty", "mtw", "mty") for ln in [x for x in lines if x.startswith(prefix)][:24]]
-    (photos / "SCUT-FBP5500_labels.txt").write_text("\n".join(picked) + "\n")
-    for ln in picked:
-        name = ln.split()[0]
-        shutil.copy(real_data / "images" / name, photos / "images" / name)
+    photos = _scut_subset(real_data, tmp_path / "scut")
     repo = copy_repo(tmp_path / "repo", {**TINY, "ingest": {"source": "scut", "path": str(photos),
                                                             "image_size": 32, "crop": "face"}})
     out = run(["dvc", "repro"], repo, timeout=900)
