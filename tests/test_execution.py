@@ -120,3 +120,13 @@ def test_bf16_scores_stay_close_to_fp32_and_do_not_depend_on_the_batch():
         assert np.ptp(ref) > 10 * tol, "outputs must vary with the photo for this test to mean anything"
         assert np.abs(batched - ref).max() <= tol, task
         np.testing.assert_allclose(alone, batched, atol=1e-5)
+
+
+def test_under_bf16_the_rating_keeps_float32_resolution():
+    """The heads run in float32: a bf16 head would round every rating to 8 significant bits (steps
+    of 1/64 between 2 and 4), and the API would answer numbers like 3.796875."""
+    net, photos = _trained_like(), _photos(32)
+    bf16 = resolve(Execution("bf16", True), CPU)
+    got = predict(inference_model(net, "rating", bf16), photos, policy=bf16)
+    as_bf16 = torch.tensor(got).to(torch.bfloat16).double().numpy()
+    assert (got != as_bf16).mean() > 0.9
