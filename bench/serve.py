@@ -54,11 +54,10 @@ def raw_forwards(photo: Path):
     from pipeline.execution import cpu_threads
     from pipeline.model import TaskModel, load_bundle, predict, serving_model
     from pipeline.preprocess import load_uint8, to_tensor
-    from service.limits import check_models
+    from service.service import LIMITS as limits      # checked (sha256) once, at import
     from service.service import WORKERS
 
     refs = {t: bentoml.models.get(os.environ[f"FACES_{t.upper()}_MODEL"]) for t in ("gender", "rating")}
-    limits = check_models(refs)
     torch.set_num_threads(cpu_threads(0, WORKERS))       # as many threads as one server worker uses
     pixels = load_uint8(photo, limits.image_size, 10**8, limits.face)[None]
     old = [TaskModel(load_bundle(r.path_of("model.pt"))[0], t).eval() for t, r in refs.items()]
