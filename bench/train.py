@@ -6,7 +6,7 @@ policy of params.yaml (bf16 autocast + channels_last where the CPU has bf16), on
 For the default run's two networks and the real-photo profile's two (profiles/scut.yaml), at their own
 image size and batch size, it builds each network twice from the same seed and alternates one
 training step of the old path and one of the new, `--steps` times after a warm-up, so both see the
-same minutes of this machine. Each step is pipeline.train.train_step, fed by pipeline.data's
+same minutes of this machine. Each step is pipeline.fit.train_step, fed by pipeline.data's
 `batches` + `augment` (the input pipeline, timed apart from the step). The old path is float32 NCHW
 with the per-image Python slice of the shift augmentation it used to have.
 
@@ -34,7 +34,7 @@ from pipeline.data import Augment, Part, augment, batches
 from pipeline.execution import Execution, resolve
 from pipeline.layers import layer_table
 from pipeline.model import ModelConfig
-from pipeline.train import _loss_fns, init_model, train_step
+from pipeline.fit import _loss_fns, init_model, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -94,7 +94,8 @@ class TaskConfig:
     lr: float                      # peak learning rate (one-cycle) / start (cosine)
     weight_decay: float
     schedule: Literal["onecycle", "cosine"]
-    patience: int                  # early stopping: epochs without a better validation metric
+    patience: int                  # early stopping: epochs without a better validation metric (select: best)
+    select: Literal["best", "last"]  # weights kept: the epoch best on validation, or the last (a fixed recipe)
     ema: float                     # decay of a moving average of the weights, validated and kept; 0 = off
     seed: int
     augment: AugmentConfig
@@ -108,6 +109,13 @@ class TrainConfig:
     channels_last: bool            # NHWC memory format for the convolutions
     gender: TaskConfig
     rating: TaskConfig
+
+
+@dataclass(frozen=True)
+class RefitConfig:
+    """The served model: the train stage's recipe retrained on every photo (pipeline/refit.py)."""
+    enabled: bool                  # false: the split model itself is served
+    budget: Literal["steps", "epochs"]   # steps: as many optimizer steps as the split run; epochs: as many epochs
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,7 @@ class Params:
     validate: ValidateConfig
     split: SplitConfig
     train: TrainConfig
+    refit: RefitConfig
     evaluate: EvaluateConfig
     param_report: ParamReportConfig
     package: PackageConfig

@@ -46,6 +46,12 @@ def load_parts(ingested: Path, split_dir: Path, parts=("train", "val", "test")) 
     return out
 
 
+def merge_parts(parts: list[Part]) -> Part:
+    """One part made of several (a refit trains on train + val + test), rows in the given order."""
+    return Part(np.concatenate([p.images for p in parts]),
+                pd.concat([p.meta for p in parts], ignore_index=True))
+
+
 @dataclass(frozen=True)
 class Augment:
     flip: bool          # horizontal flip with p = 0.5 (faces are roughly symmetric)

@@ -13,7 +13,7 @@ classes - a rating of 4.9 was as wrong as 1.0 when the label was 5, and fraction
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -198,6 +198,16 @@ def predict(model: nn.Module, images, batch_size: int = 128, tta_flip: bool = Fa
                 y = (y[:n] + y[n:]) / 2
             out.append(y.cpu().numpy())
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+def make_bundle(net: nn.Module, mcfg: ModelConfig, heads: list[str], task: str, preprocess: dict,
+                execution: dict, trained_on: dict) -> dict:
+    """What a weights file holds: a plain NCHW float32 network and every fact needed to serve it
+    (architecture, heads, crop contract, execution policy) and what it learnt from (`trained_on`:
+    parts, photos, epochs). Moves `net` to the CPU in the default memory format."""
+    net = net.cpu().to(memory_format=torch.contiguous_format)
+    return {"state_dict": net.state_dict(), "model_config": asdict(mcfg), "heads": list(heads), "task": task,
+            "preprocess": preprocess, "execution": execution, "trained_on": trained_on}
 
 
 def load_bundle(path, map_location="cpu") -> tuple[nn.Module, dict]:

@@ -3,7 +3,8 @@
     python -m pipeline.package --out models/serving.json
 
 For each task, takes `<experiment>-<source>-<task>@champion` from the MLflow registry, downloads the
-weights bundle of its training run and saves it with `bentoml.models.create` as `<prefix>-<task>`,
+weights bundle of its training run (the refit on every photo, `final/final.pt`, when the run has one;
+else the split model that evaluate scored) and saves it with `bentoml.models.create` as `<prefix>-<task>`,
 with the preprocessing contract (image size, normalisation, crop: centre or face with the detector's
 settings and version), the serving bounds (params.yaml `package`) and the sha256 of the weights as
 metadata, and the MLflow model / version / run as labels.
@@ -27,6 +28,7 @@ from pipeline.execution import Execution, policy_dict
 from pipeline.preprocess import MEAN, STD, crop_contract
 
 TASKS = ("gender", "rating")
+FINAL = "final/final.pt"                 # the refit's weights in the split model's MLflow run
 
 
 def _store_models_dir() -> Path:
@@ -109,6 +111,8 @@ def serving_metadata(params, bundle: dict) -> dict:
             "preprocess": bundle.get("preprocess", crop_contract("centre")),
             # how evaluate ran it (pipeline/execution.py; bundles from before the policy: fp32 NCHW)
             "execution": policy_dict(Execution.from_bundle(bundle.get("execution"))),
+            # what the weights learnt from: the split's train part, or every photo (a refit)
+            "trained_on": bundle.get("trained_on", {"parts": ["train"]}),
             "serving": bounds}
 
 
@@ -117,9 +121,11 @@ def package(params, task: str, workdir: Path) -> dict:
     from pipeline import tracking
 
     name = f"{params.tracking.experiment}-{params.ingest.source}-{task}"
-    champ = tracking.champion(params, name, "bundle/model.pt", workdir / task)
+    # the refit on every photo when the champion's run has one (pipeline/refit.py), else the split model
+    champ = tracking.champion(params, name, [FINAL, "bundle/model.pt"], workdir / task)
+    weights = f"refit-{sha256_file(champ['path'])[:12]}" if champ["artifact"] == FINAL else "split"
     labels = {"mlflow_model": name, "mlflow_version": str(champ["version"]), "mlflow_run": champ["run_id"],
-              "source": params.ingest.source, "task": task}
+              "source": params.ingest.source, "task": task, "weights": weights}
     bento_name = f"{params.package.bento_prefix}-{task}"
     bundle = torch.load(champ["path"], weights_only=True, map_location="cpu")
     metadata = {**serving_metadata(params, bundle),

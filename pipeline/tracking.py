@@ -80,6 +80,12 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
+def set_tags(tags: dict[str, str]) -> None:
+    import mlflow
+
+    mlflow.set_tags(tags)
+
+
 def log_table(df, name: str, source: str, context: str = "stage") -> None:
     """Logs a pandas table as an MLflow dataset input (name, digest, schema, source): data lineage."""
     import mlflow
@@ -166,14 +172,22 @@ def register_and_promote(model_uri: str, name: str, metric: str, value: float,
             "promoted": bool(promote and better)}
 
 
-def champion(params: Params, name: str, artifact: str, dest: Path) -> dict:
-    """Downloads `artifact` of the run behind `name@champion` into `dest`; -> version info."""
+def champion(params: Params, name: str, artifacts: list[str], dest: Path) -> dict:
+    """Downloads the first of `artifacts` that the run behind `name@champion` has into `dest`
+    -> version info, with `artifact` saying which one it was."""
     setup(params)
     from mlflow import MlflowClient
 
     mv = MlflowClient().get_model_version_by_alias(name, "champion")
-    run_id, path = _download(mv, name, artifact, dest)
-    return {"model": name, "version": int(mv.version), "run_id": run_id, "path": path, "tags": dict(mv.tags)}
+    for i, artifact in enumerate(artifacts):
+        try:
+            run_id, path = _download(mv, name, artifact, dest)
+            break
+        except FileNotFoundError:
+            if i == len(artifacts) - 1:
+                raise
+    return {"model": name, "version": int(mv.version), "run_id": run_id, "path": path, "tags": dict(mv.tags),
+            "artifact": artifact}
 
 
 def _download(mv, name: str, artifact: str, dest: Path) -> tuple[str, str]:

@@ -40,7 +40,7 @@ def test_the_scut_profile_at_a_small_budget_learns_far_above_chance(real_data, t
     from pipeline.metrics import compute_metrics
     from pipeline.execution import Execution, resolve
     from pipeline.model import ModelConfig, inference_model, predict
-    from pipeline.train import fit, init_model
+    from pipeline.fit import fit, init_model
 
     from conftest import ROOT, split_parts
 

@@ -7,7 +7,7 @@ from pipeline.config import load_params
 from pipeline.metrics import compute_metrics
 from pipeline.model import ModelConfig, TaskModel, build_model, predict
 from pipeline.execution import Execution, resolve, select_device
-from pipeline.train import fit
+from pipeline.fit import fit
 
 from conftest import ROOT
 
@@ -105,7 +105,7 @@ def test_a_finished_run_is_not_resumed_by_the_next_one(small_parts, tmp_path):
 
 
 def test_initial_weights_come_from_the_seed():
-    from pipeline.train import init_model
+    from pipeline.fit import init_model
 
     cfg = ModelConfig("convnet", (4, 8), 0.0, 16)
     a, b, c = init_model(cfg, ["gender"], 3), init_model(cfg, ["gender"], 3), init_model(cfg, ["gender"], 4)
@@ -127,7 +127,7 @@ def test_ema_keeps_the_moving_average_not_the_last_weights(small_parts):
 KILL_DRIVER = r'''
 import io, os, pickle, signal, sys
 import torch
-from pipeline import train
+from pipeline import fit as train
 kill_at, ck, out, inputs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 parts, cfg = pickle.load(open(inputs, "rb"))
 torch.set_num_threads(1)
@@ -153,7 +153,8 @@ elif what == "save":
     torch.save = killing_save
 torch.manual_seed(0)
 net = train.build_model(train.ModelConfig("convnet", cfg.widths, cfg.dropout, 32), ["rating"])
-policy = train.resolve(train.Execution("auto", True), torch.device("cpu"), threads=1)
+from pipeline.execution import Execution, resolve
+policy = resolve(Execution("auto", True), torch.device("cpu"), threads=1)
 res = train.fit(net, parts, "rating", cfg, policy, __import__("pathlib").Path(ck))
 buf = io.BytesIO(); torch.serialization.save(res.best_state, buf); open(out, "wb").write(buf.getvalue())
 '''
@@ -197,3 +198,43 @@ def test_an_unreadable_checkpoint_is_reported_and_training_starts_over(small_par
     assert [h["epoch"] for h in res.history] == [1]
     assert "is unreadable" in capsys.readouterr().err
     assert torch.load(ck, weights_only=True)["finished"]          # replaced by a good one
+
+
+def test_select_last_keeps_the_last_epoch_not_the_best(small_parts):
+    cfg = _cfg("rating", epochs=3, select="last", ema=0.0)
+    net = _net(cfg, "rating")
+    res = fit(net, small_parts, "rating", cfg, CPU)
+    assert res.best_epoch == 3 and len(res.history) == 3
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in res.best_state.items())   # the trained weights
+    assert res.best_metric == res.history[-1]["val_pearson"]
+
+
+def test_without_a_val_part_nothing_is_validated_and_the_last_epoch_is_kept(small_parts):
+    cfg = _cfg("gender", epochs=2, select="best")
+    net = _net(cfg, "gender")
+    res = fit(net, {"train": small_parts["train"]}, "gender", cfg, CPU)
+    assert res.best_epoch == 2 and all("val_accuracy" not in h for h in res.history)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in res.best_state.items())
+
+
+def test_a_nan_validation_metric_never_keeps_the_initial_weights(small_parts, monkeypatch):
+    from pipeline import fit as fit_module
+
+    # a constant prediction has no Pearson correlation: NaN in the first epochs, numbers later
+    scores = iter([float("nan"), float("nan"), 0.3, 0.2])
+    monkeypatch.setattr(fit_module, "compute_metrics", lambda task, y, p: {"pearson": next(scores)})
+    cfg = _cfg("rating", epochs=4)
+    net = _net(cfg, "rating")
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
+    res = fit(net, small_parts, "rating", cfg, CPU)
+    assert res.best_epoch == 3 and res.best_metric == 0.3          # a number beats NaN; NaN beats nothing
+    assert not all(torch.equal(initial[k], v) for k, v in res.best_state.items())
+
+
+def test_all_nan_validation_keeps_the_first_trained_epoch(small_parts, monkeypatch):
+    from pipeline import fit as fit_module
+
+    monkeypatch.setattr(fit_module, "compute_metrics", lambda task, y, p: {"pearson": float("nan")})
+    cfg = _cfg("rating", epochs=2)
+    res = fit(_net(cfg, "rating"), small_parts, "rating", cfg, CPU)
+    assert res.best_epoch == 1
