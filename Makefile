@@ -23,6 +23,8 @@ DATA ?=
 # `make gpu-train [DATA=...] [SET='train.rating.epochs=1 ...'] [GPU_OUT=out/gpu]`: the GPU profile
 SET ?=
 GPU_OUT ?= out/gpu
+# `make estimate PROFILE=scut DATA=... [SEEDS="0 1 2"]`: the profile under several seeds -> reports/estimate.json
+SEEDS ?= 0 1 2
 # the tracking URI lives in params.yaml alone
 TRACKING_URI = $(shell $(BIN)/python -c 'from pipeline.config import load_params; print(load_params().tracking.uri)')
 
@@ -32,7 +34,7 @@ ST := $(ST_VENV)/bin/st
 SCHEMATHESIS := 4.32.5
 tag = $(shell $(BIN)/python -c 'import json; print(json.load(open("$(SERVING)"))["$(1)"]["tag"])')
 
-.PHONY: install repro test ui serve build docker-context container-test bench bench-train gpu-train hardening faces st lock clean
+.PHONY: install repro test ui serve build docker-context container-test bench bench-train estimate gpu-train hardening faces st lock clean
 install: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
@@ -47,6 +49,10 @@ ifeq ($(PROFILE)$(DATA),)
 else
 	python -m pipeline.config --profile '$(PROFILE)' --data '$(DATA)' $(foreach s,$(SET),--set '$(s)')
 endif
+
+estimate: install  ## PROFILE under SEEDS (own split + init each, refit off): mean +- sd -> reports/estimate.json
+	python -m pipeline.estimate --profile '$(or $(PROFILE),scut)' --data '$(or $(DATA),../shared/data/facescore)' \
+	  --seeds $(SEEDS) $(foreach s,$(SET),--set '$(s)')
 
 gpu-train: install  ## profiles/scut-gpu.yaml (one GPU, <= 10 min): models, metrics, BentoML exports -> GPU_OUT
 	python -m pipeline.config --profile scut-gpu --data '$(or $(DATA),../shared/data/facescore)' $(foreach s,$(SET),--set '$(s)')

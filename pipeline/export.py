@@ -3,7 +3,8 @@
     python -m pipeline.export --serving models/serving.json --out out/gpu
 
 Writes, per task, the weights bundle the train stage saved (`model.pt`, loadable with
-`torch.load(weights_only=True)`), its training curves and its test metrics and report; the
+`torch.load(weights_only=True)`), its training curves and its test metrics and report, the refit on
+every photo (`final.pt`, `final.json`: what is served; a copy of model.pt when the refit is off); the
 packaged champions as BentoML exports (`<tag name>.bentomodel`, from `bentoml models export`), and
 `serving.json` naming them. On the serving machine:
 
@@ -23,7 +24,8 @@ import sys
 from pathlib import Path
 
 TASKS = ("gender", "rating")
-FILES = {"models/{task}": ("model.pt", "history.json"), "reports/eval/{task}": ("metrics.json", "report.md")}
+FILES = {"models/{task}": ("model.pt", "history.json", "final.pt", "final.json"),
+         "reports/eval/{task}": ("metrics.json", "report.md")}
 
 
 def export(serving: Path, out: Path, root: Path = Path(".")) -> list[Path]:

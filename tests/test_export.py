@@ -15,6 +15,8 @@ def _run(root, tag_suffix: str) -> dict:
     for task in ("gender", "rating"):
         bundle = tiny_bundle(root / "models" / task / "model.pt", task)
         (root / "models" / task / "history.json").write_text("[]\n")
+        tiny_bundle(root / "models" / task / "final.pt", task, seed=1)         # the refit on every photo
+        (root / "models" / task / "final.json").write_text('{"enabled": true}\n')
         (root / "reports" / "eval" / task).mkdir(parents=True, exist_ok=True)
         (root / "reports" / "eval" / task / "metrics.json").write_text(json.dumps({"run": tag_suffix}))
         (root / "reports" / "eval" / task / "report.md").write_text("# report\n")
@@ -31,8 +33,8 @@ def test_export_writes_bundles_metrics_and_bentoml_exports_in_one_folder(tmp_pat
     files = export(tmp_path / "run" / "models" / "serving.json", tmp_path / "out", root=tmp_path / "run")
     names = {p.relative_to(tmp_path / "out").as_posix() for p in files}
     assert names == {"serving.json", "expa-gender.bentomodel", "expa-rating.bentomodel",
-                     *[f"{t}/{f}" for t in ("gender", "rating") for f in ("model.pt", "history.json", "metrics.json",
-                                                                         "report.md")]}
+                     *[f"{t}/{f}" for t in ("gender", "rating") for f in ("model.pt", "history.json", "final.pt",
+                                                                         "final.json", "metrics.json", "report.md")]}
     assert json.loads((tmp_path / "out" / "serving.json").read_text()) == serving
     assert (tmp_path / "out" / "expa-rating.bentomodel").stat().st_size > 1000
 

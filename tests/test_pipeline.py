@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import TINY, copy_repo, run
+from conftest import TINY, TINY_TASK, copy_repo, run
 
 
 @pytest.mark.slow
@@ -133,6 +133,68 @@ def test_full_pipeline_and_an_experiment_show_up_as_comparable_mlflow_runs(tmp_p
     assert "test_pearson" in by_task["rating"][0]
 
 
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_refit_on_every_photo_is_what_package_serves_while_evaluate_scores_the_split_model(tmp_path):
+    """refit.enabled: the served weights learnt from train + val + test (in as many steps as the split
+    run); the registry's version and its test metrics are the split model's; the service answers
+    exactly what the refit bundle predicts."""
+    import subprocess
+
+    import torch
+
+    from conftest import venv_env
+
+    repo = copy_repo(tmp_path, {**TINY, "train": {"gender": {**TINY_TASK, "epochs": 3}, "rating": TINY_TASK},
+                                "refit": {"enabled": True, "budget": "steps"}})
+    run(["dvc", "repro"], repo)
+    sizes = json.loads((repo / "reports/split.json").read_text())
+    for task, split_epochs in (("gender", 3), ("rating", 2)):
+        info = json.loads((repo / f"models/{task}/final.json").read_text())
+        final = torch.load(repo / f"models/{task}/final.pt", weights_only=True)
+        split = torch.load(repo / f"models/{task}/model.pt", weights_only=True)
+        n_all = sizes["train"] + sizes["val"] + sizes["test"]
+        assert final["trained_on"]["photos"] == info["photos"] == n_all
+        assert split["trained_on"]["photos"] == sizes["train"]
+        assert info["epochs"] == max(1, round(split_epochs * sizes["train"] / n_all))
+        assert not all(torch.equal(final["state_dict"][k], v) for k, v in split["state_dict"].items())
+        assert not (repo / f"models/{task}/final_checkpoint.pt").exists()
+        served = json.loads((repo / "models/serving.json").read_text())[task]
+        assert served["weights"] == f"refit-{info['sha256'][:12]}"
+        metrics = json.loads((repo / f"reports/eval/{task}/metrics.json").read_text())
+        assert metrics["registry"]["version"] == int(served["mlflow_version"])
+    p = subprocess.run([sys.executable, "-c", AGREEMENT, "data/synthetic/images"], cwd=repo, capture_output=True,
+                       text=True, timeout=300, env=venv_env())
+    assert p.returncode == 0, p.stderr[-3000:]
+    answers = json.loads(p.stdout.strip().splitlines()[-1])
+    p = subprocess.run([sys.executable, "-c", FINAL_SCORES], cwd=repo, capture_output=True, text=True, timeout=300,
+                       env=venv_env())
+    assert p.returncode == 0, p.stderr[-3000:]
+    want = json.loads(p.stdout.strip().splitlines()[-1])
+    assert set(answers) == set(want["rating"]) and answers
+    for name, (p_male, r, _) in answers.items():
+        assert p_male == pytest.approx(want["gender"][name], abs=1e-5), name
+        assert r == pytest.approx(want["rating"][name], abs=1e-5), name
+
+
+# what evaluate's scoring gives for each test photo with the refit bundles (final.pt) instead of model.pt
+FINAL_SCORES = """
+import json
+from pathlib import Path
+from pipeline.config import load_params
+from pipeline.data import load_parts
+from pipeline.model import predict, serving_model
+p = load_params()
+test = load_parts(Path("data/ingested"), Path("data/split"), ("test",))["test"]
+out = {}
+for task in ("gender", "rating"):
+    model, policy = serving_model(Path(f"models/{task}/final.pt"), task)
+    y = predict(model, test.images, p.evaluate.batch_size, p.evaluate.tta_flip, policy)
+    out[task] = dict(zip(test.meta["filename"], map(float, y)))
+print(json.dumps(out))
+"""
+
 AGREEMENT = """
 import json, os, sys
 from pathlib import Path
@@ -170,6 +232,10 @@ def _service_agrees_with_evaluate(repo, images="data/synthetic/images", crop="ce
         assert r == pytest.approx(rating[name], abs=1e-5), name
 
 
+def serving_weights(folder: Path) -> dict:
+    return {t: e["weights"] for t, e in json.loads((folder / "serving.json").read_text()).items()}
+
+
 def _scut_subset(real_data: Path, photos: Path, per_prefix: int = 24) -> Path:
     """The first `per_prefix` photos of each of ftw/fty/mtw/mty with their official labels, in a SCUT
     layout under `photos` (a temp folder: the data is never copied into the repo)."""
@@ -203,8 +269,13 @@ def test_gpu_profile_runs_on_cpu_at_a_tiny_budget_and_exports_servable_models(re
     run(["python", "-m", "pipeline.export", "--serving", "models/serving.json", "--out", str(out)], repo)
     assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == {
         "serving.json", "faces-gender.bentomodel", "faces-rating.bentomodel",
-        *[f"{t}/{f}" for t in ("gender", "rating") for f in ("model.pt", "history.json", "metrics.json", "report.md")]}
+        *[f"{t}/{f}" for t in ("gender", "rating") for f in ("model.pt", "history.json", "final.pt", "final.json",
+                                                             "metrics.json", "report.md")]}
     assert json.loads((out / "rating" / "metrics.json").read_text())["registry"]["model"] == "faces-scut-rating"
+    final = json.loads((out / "rating" / "final.json").read_text())      # the profile refits on every photo
+    assert final["photos"] == json.loads((repo / "reports/ingest.json").read_text())["kept"] > final["split_photos"]
+    assert serving_weights(out) == {t: f"refit-{json.loads((out / t / 'final.json').read_text())['sha256'][:12]}"
+                                    for t in ("gender", "rating")}
     import subprocess
 
     from conftest import venv_env

@@ -1,11 +1,10 @@
 import dataclasses
 
 import pytest
+from conftest import ROOT
 
 from pipeline.config import load_params
 from pipeline.refit import check_recipe, refit_config
-
-from conftest import ROOT
 
 
 def _cfg(**kw):
@@ -33,3 +32,24 @@ def test_a_split_model_of_another_recipe_is_not_refit():
         check_recipe(bundle, dataclasses.replace(mcfg, widths=(8, 32)), ["rating"])
     with pytest.raises(SystemExit, match="rerun the train stage"):
         check_recipe(bundle, mcfg, ["rating", "gender"])
+
+
+def test_estimate_summary_is_mean_and_sample_sd_over_seeds():
+    from pipeline.estimate import summarise
+
+    runs = {s: {"gender": {"accuracy": a}, "rating": {"pearson": p, "mae": 0.25, "rmse": 0.3}}
+            for s, a, p in ((0, 0.97, 0.87), (1, 0.99, 0.89), (2, 0.98, 0.88))}
+    got = summarise(runs)
+    assert got["gender_accuracy"]["mean"] == pytest.approx(0.98) and got["gender_accuracy"]["sd"] == pytest.approx(0.01)
+    assert got["rating_pearson"] == pytest.approx({"mean": 0.88, "sd": 0.01, "min": 0.87, "max": 0.89, "n": 3})
+    assert summarise({0: runs[0]})["rating_mae"]["sd"] == 0.0
+
+
+def test_each_estimate_seed_changes_split_and_init_and_registers_nothing():
+    from pipeline.config import profile_overrides
+    from pipeline.estimate import seed_sets
+
+    sets = profile_overrides("scut", "/data", params=ROOT / "params.yaml", sets=seed_sets(4))
+    for want in ("split.seed=4", "train.gender.seed=4", "train.rating.seed=4", "refit.enabled=false",
+                 "evaluate.promote=false"):
+        assert want in sets

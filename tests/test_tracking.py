@@ -72,3 +72,30 @@ def test_champion_moves_only_when_beaten_on_the_same_test_split(params, tmp_path
     assert len(seen) == 2                 # both times the champion was version 1: its own weights
     for got in seen:
         assert all(torch.equal(got[k], first_weights[k]) for k in first_weights)
+
+
+def test_champion_downloads_the_refit_when_its_run_has_one_else_the_split_bundle(params, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from conftest import tiny_bundle
+    from pipeline.model import TaskModel, load_bundle
+
+    tracking.setup(params)
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    for seed, refit in ((0, False), (1, True)):
+        with mlflow.start_run():
+            split = tiny_bundle(tmp_path / f"s{seed}" / "model.pt", "rating", seed=seed)
+            uri = tracking.log_torch_model(TaskModel(load_bundle(split)[0], "rating").eval(), images)
+            tracking.log_artifacts([split], "bundle")
+            if refit:
+                final = tiny_bundle(tmp_path / f"f{seed}" / "final.pt", "rating", seed=seed + 10)
+                tracking.log_artifacts([final], "final")
+            tracking.register_and_promote(uri, "t-rating", "pearson", 0.5 + seed, lambda path: 0.0)
+        got = tracking.champion(params, "t-rating", ["final/final.pt", "bundle/model.pt"], tmp_path / f"d{seed}")
+        want = final if refit else split
+        assert got["artifact"] == ("final/final.pt" if refit else "bundle/model.pt")
+        assert open(got["path"], "rb").read() == want.read_bytes()
+    MlflowClient().set_registered_model_alias("t-rating", "champion", "1")
+    with pytest.raises(FileNotFoundError, match="has no artifact"):
+        tracking.champion(params, "t-rating", ["final/final.pt", "nothing/model.pt"], tmp_path / "e")
