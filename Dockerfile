@@ -48,10 +48,13 @@ RUN if compgen -G "/tmp/wheels/torch-*.whl" >/dev/null; then \
 RUN useradd --create-home --uid 10001 --user-group app \
  && install -d -o 10001 -g 10001 /home/app/bentoml
 WORKDIR /home/app/srv
-COPY --chown=10001:10001 pipeline/__init__.py pipeline/preprocess.py pipeline/face.py pipeline/model.py pipeline/execution.py pipeline/atomic.py pipeline/
+COPY --chown=10001:10001 pipeline/__init__.py pipeline/preprocess.py pipeline/face.py pipeline/model.py pipeline/execution.py pipeline/atomic.py pipeline/tasks.py pipeline/
 COPY --chown=10001:10001 service/ service/
-COPY --chown=10001:10001 docker/context/models/ /home/app/bentoml/models/
 USER 10001
+# the champions as `bentoml models export` archives (docker/export_models.py), imported into the store
+COPY --chown=10001:10001 docker/context/models/ /tmp/models/
+RUN for f in /tmp/models/*.bentomodel; do bentoml models import "$f" >/dev/null || exit 1; done \
+ && rm -rf /tmp/models
 
 EXPOSE 3000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

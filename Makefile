@@ -34,8 +34,11 @@ ST := $(ST_VENV)/bin/st
 SCHEMATHESIS := 4.32.5
 tag = $(shell $(BIN)/python -c 'import json; print(json.load(open("$(SERVING)"))["$(1)"]["tag"])')
 
-.PHONY: install repro test ui serve build docker-context container-test bench bench-train estimate gpu-train hardening faces st lock clean
-install: $(STAMP)
+.PHONY: help install repro test lint compare ui serve build docker-context container-test bench bench-train estimate gpu-train hardening faces pictures st lock clean
+help:  ## this list
+	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 24
+
+install: $(STAMP)  ## .venv with requirements.lock (every other target runs it first)
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -47,7 +50,7 @@ repro: install  ## the DVC pipeline: synthetic data by default; PROFILE=scut DAT
 ifeq ($(PROFILE)$(DATA),)
 	dvc repro
 else
-	python -m pipeline.config --profile '$(PROFILE)' --data '$(DATA)' $(foreach s,$(SET),--set '$(s)')
+	python -m pipeline.profile --profile '$(PROFILE)' --data '$(DATA)' $(foreach s,$(SET),--set '$(s)')
 endif
 
 estimate: install  ## PROFILE under SEEDS (own split + init each, refit off): mean +- sd -> reports/estimate.json
@@ -55,13 +58,22 @@ estimate: install  ## PROFILE under SEEDS (own split + init each, refit off): me
 	  --seeds $(SEEDS) $(foreach s,$(SET),--set '$(s)')
 
 gpu-train: install  ## profiles/scut-gpu.yaml (one GPU, <= 10 min): models, metrics, BentoML exports -> GPU_OUT
-	python -m pipeline.config --profile scut-gpu --data '$(or $(DATA),../shared/data/facescore)' $(foreach s,$(SET),--set '$(s)')
+	python -m pipeline.profile --profile scut-gpu --data '$(or $(DATA),../shared/data/facescore)' $(foreach s,$(SET),--set '$(s)')
 	python -m pipeline.export --serving $(SERVING) --out '$(GPU_OUT)'
 
 st: $(ST)  ## schemathesis in .venv-st (tests/test_hardening.py uses it when present)
 
 test: install  ## the test suite (what CI runs)
 	pytest $(PYTEST_ARGS)
+
+lint: install  ## ruff (pyflakes, bugbear, simplify, isort, pyupgrade) and mypy; config in pyproject.toml
+	ruff check pipeline service bench tests docker
+	mypy
+
+compare: install  ## the DVC experiments side by side: changed params and metrics, metrics and plots vs HEAD
+	dvc exp show --only-changed --md
+	dvc metrics diff --md
+	dvc plots diff --open=false -o reports/plots_diff && echo "plots: reports/plots_diff/index.html"
 
 ui: install  ## MLflow UI on http://127.0.0.1:5000 against the project's backend; Ctrl-C stops it
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec mlflow ui --backend-store-uri '$(TRACKING_URI)' \
@@ -86,6 +98,9 @@ bench: install  ## serving: this tree vs the pre-policy commit, same models and 
 
 bench-train: install  ## training step: old fp32 NCHW vs the execution policy, default + profile nets (bench/train.py, ~2 min)
 	python bench/train.py
+
+pictures: install  ## the README's plots and demo-page screenshot (docs/*.png) from the last run (needs chromium)
+	python docs/pictures.py
 
 # after `make repro PROFILE=scut DATA=...`: the dev set is drawn from that run's test split only
 faces: install  ## face step: SCUT framing, in-the-wild dev set (data/wild) recall / 422s / scores vs aligned (~4 min)

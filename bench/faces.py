@@ -143,10 +143,10 @@ def picture(out: Path, cfg, size: int = 128) -> None:
     import io
 
     from PIL import Image, ImageDraw
+    from wild import clutter
 
     from pipeline.atomic import atomic_path
     from pipeline.synth import render_face, sample_face
-    from wild import clutter
 
     rng = np.random.default_rng(3)
     h = 2 * size

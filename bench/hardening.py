@@ -153,7 +153,7 @@ def overload(port: int, rate: float, seconds: float) -> dict:
     async def one():
         try:
             status, _, dt = await send(port, raw, timeout=30)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             status, dt = -1, 0.0
         if status == 200:
             accepted.append(dt)
@@ -245,7 +245,7 @@ def main() -> None:
     ap.add_argument("--hangups", type=int, default=400, help="clients that hang up")
     ap.add_argument("--schemathesis", default="", help="path of schemathesis' `st` (make hardening makes one)")
     args = ap.parse_args()
-    from serve import serve as start_server     # bench/serve.py: bentoml serve on a free loopback port
+    from serve import serve as start_server  # bench/serve.py: bentoml serve on a free loopback port
 
     serving = json.loads((ROOT / "models" / "serving.json").read_text())
     for task in ("gender", "rating"):

@@ -43,7 +43,9 @@ def views(model, images, policy, crops: int) -> np.ndarray:
 def paired(task: str, metric: str, y, base, new, n: int = 1000) -> tuple[float, float, float]:
     """metric(new) - metric(base) and its paired bootstrap 95 % interval over the photos."""
     rng = np.random.default_rng(0)
-    f = lambda idx, p: compute_metrics(task, y[idx], p[idx])[metric]
+    def f(idx, p):
+        return compute_metrics(task, y[idx], p[idx])[metric]
+
     every = np.arange(len(y))
     diffs = []
     for _ in range(n):

@@ -54,7 +54,7 @@ def raw_forwards(photo: Path):
     from pipeline.execution import cpu_threads
     from pipeline.model import TaskModel, load_bundle, predict, serving_model
     from pipeline.preprocess import load_uint8, to_tensor
-    from service.service import LIMITS as limits      # checked (sha256) once, at import
+    from service.service import LIMITS as limits  # checked (sha256) once, at import
     from service.service import WORKERS
 
     refs = {t: bentoml.models.get(os.environ[f"FACES_{t.upper()}_MODEL"]) for t in ("gender", "rating")}

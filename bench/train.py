@@ -29,12 +29,13 @@ import pandas as pd
 import torch
 
 from pipeline import data as data_module
-from pipeline.config import load_params, load_profile
+from pipeline.config import load_params
 from pipeline.data import Augment, Part, augment, batches
 from pipeline.execution import Execution, resolve
+from pipeline.fit import _loss_fns, init_model, train_step
 from pipeline.layers import layer_table
 from pipeline.model import ModelConfig
-from pipeline.fit import _loss_fns, init_model, train_step
+from pipeline.profile import load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 

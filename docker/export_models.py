@@ -1,14 +1,14 @@
-"""Copies the packaged champions (models/serving.json) from the BentoML store into the Docker context.
+"""Exports the packaged champions (models/serving.json) from the BentoML store into the Docker context.
 
     python docker/export_models.py [models/serving.json] [docker/context/models]
 
-The result is a minimal BentoML store (`<name>/<version>/` plus `<name>/latest`) that the Dockerfile
-bakes into the image at $BENTOML_HOME/models.
+Each model becomes `<name>.bentomodel` (`bentoml models export`, BentoML's own archive format); the
+Dockerfile imports them with `bentoml models import` into the image's store, so neither side depends
+on how BentoML lays out its store folder.
 """
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -16,15 +16,16 @@ import bentoml
 
 
 def export(serving: Path, dest: Path) -> list[str]:
+    """Replaces dest's exports with the models serving.json names -> their tags."""
     tags = [v["tag"] for v in json.loads(serving.read_text()).values()]
-    for child in dest.iterdir():
-        if child.name != ".gitkeep":
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    dest.mkdir(parents=True, exist_ok=True)
+    for child in dest.glob("*.bentomodel"):
+        child.unlink()
     for tag in tags:
         model = bentoml.models.get(tag)
-        target = dest / model.tag.name / model.tag.version
-        shutil.copytree(model.path, target)
-        (dest / model.tag.name / "latest").write_text(model.tag.version)
+        tmp = dest / f".{model.tag.name}.bentomodel.tmp"
+        bentoml.models.export_model(tag, str(tmp))
+        tmp.rename(dest / f"{model.tag.name}.bentomodel")      # a killed export leaves no half archive
     return tags
 
 

@@ -7,28 +7,20 @@ unknown key or a wrong type fails loudly at load time instead of deep inside a s
     p = load_params()            # params.yaml in the working directory (DVC runs stages at the root)
     p.ingest.image_size          # -> 128
 
-A profile (profiles/<name>.yaml) is a partial params.yaml for another data set or budget. It is applied
-the DVC way, as `dvc exp run -S key=value ...`, so every profile run is a DVC experiment and its stages
-are MLflow runs:
-
-    python -m pipeline.config --profile scut --data ../shared/data/facescore   # = make repro PROFILE=scut DATA=...
+Profiles (partial params.yaml files run as DVC experiments) are pipeline/profile.py's job.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import subprocess
-import sys
 import types
 import typing
 from dataclasses import dataclass
-
-from pipeline.face import FaceConfig
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from pipeline.face import FaceConfig
 
 
 @dataclass(frozen=True)
@@ -175,7 +167,7 @@ def _build(tp: Any, value: Any, where: str) -> Any:
         missing = set(hints) - set(value)
         if unknown or missing:
             raise ParamsError(f"{where}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
-        return tp(**{k: _build(t, value[k], f"{where}.{k}") for k, t in hints.items()})
+        return typing.cast(Any, tp)(**{k: _build(t, value[k], f"{where}.{k}") for k, t in hints.items()})
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -192,7 +184,7 @@ def _build(tp: Any, value: Any, where: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ParamsError(f"{where}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_build(t, v, f"{where}[{i}]") for i, (t, v) in enumerate(zip(args, value)))
+        return tuple(_build(t, v, f"{where}[{i}]") for i, (t, v) in enumerate(zip(args, value, strict=True)))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
@@ -217,84 +209,6 @@ def merge(base: dict, over: dict, where: str = "params") -> dict:
     return out
 
 
-def flat_overrides(over: dict, prefix: str = "") -> list[str]:
-    """{'train': {'gender': {'epochs': 9}}} -> ['train.gender.epochs=9'] (values as YAML flow text)."""
-    out = []
-    for k, v in over.items():
-        if isinstance(v, dict):
-            out += flat_overrides(v, f"{prefix}{k}.")
-        else:
-            out.append(f"{prefix}{k}={json.dumps(v, separators=(',', ':'))}")  # JSON is YAML: DVC parses it back
-    return out
-
-
-def _profile(profile: str | Path, data: str | None) -> tuple[dict, str]:
-    """A profile (a name in profiles/ or a YAML path; '' for none) + a data folder -> (overrides, where)."""
-    path = Path(profile) if Path(profile).suffix else Path(__file__).parents[1] / "profiles" / f"{profile}.yaml"
-    over = (yaml.safe_load(path.read_text(encoding="utf-8")) if profile else None) or {}
-    if data:
-        over = {**over, "ingest": {**over.get("ingest", {}), "path": data}}
-    return over, (str(path) if profile else "--data")
-
-
-def _checked(over: dict, where: str, params: str | Path) -> Params:
-    with open(params, encoding="utf-8") as f:
-        return _build(Params, merge(yaml.safe_load(f), over, where), "params")
-
-
-def load_profile(profile: str | Path, data: str | None = None, params: str | Path = "params.yaml") -> Params:
-    """params.yaml with a profile applied, checked like params.yaml itself."""
-    return _checked(*_profile(profile, data), params)
-
-
-def with_sets(over: dict, sets: list[str]) -> dict:
-    """A profile's overrides + `key.path=value` strings (values are YAML), the later ones winning."""
-    out = dict(over)
-    for item in sets:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ParamsError(f"--set {item!r}: expected key.path=value")
-        *parents, leaf = key.split(".")
-        node = out
-        for k in parents:
-            node[k] = dict(node.get(k) or {})
-            node = node[k]
-        node[leaf] = yaml.safe_load(text)
-    return out
-
-
-def profile_overrides(profile: str | Path, data: str | None = None,
-                      params: str | Path = "params.yaml", sets: list[str] = ()) -> list[str]:
-    """A profile + an optional data folder (+ `key=value` sets) -> `-S` overrides, checked: the merged
-    params must load, so a typo in a profile or a set fails here, before any stage runs."""
-    over, where = _profile(profile, data)          # the profile is read once, checked, then flattened
-    over = with_sets(over, list(sets))
-    _checked(over, where, params)
-    return flat_overrides(over)
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description="Run the pipeline as a DVC experiment with a params profile")
-    ap.add_argument("--profile", default="", help="name in profiles/ (e.g. scut) or a YAML path")
-    ap.add_argument("--data", default="", help="photo folder (sets ingest.path)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="one more override on top of the profile, e.g. train.rating.epochs=1 (repeatable)")
-    ap.add_argument("--dry-run", action="store_true", help="print the dvc command, do not run it")
-    args = ap.parse_args()
-    if args.data and not args.profile:
-        # the default params say source `synthetic`: real photos under that name would compete with
-        # synthetic champions in the registry
-        sys.exit("profile: --data (DATA=) needs a profile that names the source, e.g. PROFILE=scut")
-    try:
-        sets = profile_overrides(args.profile, args.data or None, sets=args.set)
-    except (OSError, ParamsError) as e:
-        sys.exit(f"profile: {e}")
-    cmd = ["dvc", "exp", "run"] + [a for s in sets for a in ("-S", s)]
-    print(" ".join(cmd), flush=True)
-    if not args.dry_run:
-        sys.exit(subprocess.call(cmd))
-
-
 def as_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
     """Flattens a (nested) params dataclass to {'section.key': value} for logging."""
     out: dict[str, Any] = {}
@@ -306,6 +220,27 @@ def as_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def main() -> None:
+    """`python -m pipeline.config [--params F] [--out F]`: the pipeline's first stage. A typo in params.yaml
+    (or in `dvc exp run -S key=value`) fails here in one line, before any other stage removes its outputs."""
+    import argparse
+    import sys
+
+    from pipeline.atomic import write_text
+
+    ap = argparse.ArgumentParser(description="Check params.yaml against the schema")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--out", type=Path, help="written when the check passes (what the other stages wait for)")
+    args = ap.parse_args()
+    try:
+        load_params(args.params)
+    except (OSError, ParamsError, yaml.YAMLError) as e:
+        sys.exit(f"params: {e}")
+    if args.out:
+        write_text(args.out, "params.yaml matches the schema in pipeline/config.py\n")   # constant: reruns nothing
+    print(f"params: {args.params} ok")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from pipeline.preprocess import to_tensor
+from pipeline.tasks import TASKS
 
 
 @dataclass
@@ -22,12 +23,12 @@ class Part:
     meta: pd.DataFrame
 
     def targets(self, task: str) -> torch.Tensor:
-        """gender: 0 = f, 1 = m (long); group: 0 = asian, 1 = caucasian (long); rating: float."""
-        if task == "gender":
-            return torch.tensor((self.meta["gender"] == "m").to_numpy(), dtype=torch.long)
-        if task == "group":
-            return torch.tensor((self.meta["group"] == "caucasian").to_numpy(), dtype=torch.long)
-        return torch.tensor(self.meta["rating"].to_numpy(), dtype=torch.float32)
+        """A class task: 1 for its positive class (gender: m, group: caucasian), else 0 (long);
+        a regression (rating): the label (float). From the task table, pipeline/tasks.py."""
+        t = TASKS[task]
+        if t.positive is not None:
+            return torch.tensor((self.meta[t.column] == t.positive).to_numpy(), dtype=torch.long)
+        return torch.tensor(self.meta[t.column].to_numpy(), dtype=torch.float32)
 
     def __len__(self) -> int:
         return len(self.meta)

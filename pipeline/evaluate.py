@@ -4,7 +4,9 @@
         --split data/split --out reports/eval/rating
 
 Gender: accuracy, ROC-AUC, confusion matrix, accuracy per group. Rating: MAE, RMSE, Pearson and
-Spearman correlation, Pearson and MAE per group. Groups: asian/caucasian and each x female/male. Writes `metrics.json` (DVC metrics), `predictions.csv`
+Spearman correlation, Pearson and MAE per group. Groups: asian/caucasian and each x female/male.
+Writes `metrics.json` (DVC metrics: the headline numbers, their bootstrap intervals and the registry's
+decision), `groups.json` (the per-group numbers), `predictions.csv`
 (DVC plots: confusion / scatter), PNG plots and `report.md` (our numbers beside the SCUT-FBP5500
 paper's). The model is registered as `<experiment>-<source>-<task>`; the alias `champion` moves to it
 only when it beats the current champion re-scored on this very test split.
@@ -19,9 +21,11 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from pipeline.atomic import atomic_path, write_text
+from pipeline.atomic import atomic_path, sha256_file, write_text
+from pipeline.data import load_parts
 from pipeline.layers import layer_table, to_markdown
-from pipeline.metrics import MAIN_METRIC, bootstrap_ci, compute_metrics
+from pipeline.metrics import MAIN_METRIC, bootstrap_ci, compute_metrics, split_metrics
+from pipeline.model import load_bundle, predict, serving_model
 from pipeline.sources import locate
 
 PAPER = [  # SCUT-FBP5500 paper, 60/40 split, ImageNet-pretrained networks (Liang et al., 2018)
@@ -52,13 +56,19 @@ def plot(task: str, frame: pd.DataFrame, history: list[dict], out: Path) -> list
         ax.plot([1, 5], [1, 5], "k--", lw=1)
         ax.set(xlabel="true rating", ylabel="predicted rating", xlim=(1, 5), ylim=(1, 5))
     ax.set_title(f"{task}: test split")
-    fig.tight_layout(), _savefig(fig, paths[0]), plt.close(fig)
+    fig.tight_layout()
+    _savefig(fig, paths[0])
+    plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs, [h["train_loss"] for h in history], label="train loss")
     key = f"val_{MAIN_METRIC[task]}"
     ax.plot(epochs, [h[key] for h in history], label=key)
-    ax.set(xlabel="epoch"), ax.legend(), fig.tight_layout(), _savefig(fig, paths[1]), plt.close(fig)
+    ax.set(xlabel="epoch")
+    ax.legend()
+    fig.tight_layout()
+    _savefig(fig, paths[1])
+    plt.close(fig)
     return paths
 
 
@@ -94,6 +104,60 @@ def _protocol(params, parts_sizes: dict[str, int]) -> str:
             f"(train/val/test {sizes}), {ing.image_size} px, trained from scratch")
 
 
+def _model_card(path: Path = Path("MODEL_CARD.md")) -> str | None:
+    """The model card, shown as the registered model's description in MLflow (None when absent)."""
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def score_test(task: str, bundle_path: Path, test, cfg) -> tuple[np.ndarray, dict]:
+    """A bundle scored on the test part as the service will serve it: its own execution policy on
+    this machine, flip averaging as params say -> (predictions, how it ran)."""
+    model, policy = serving_model(bundle_path, task)
+    return predict(model, test.images, cfg.batch_size, cfg.tta_flip, policy), policy.describe()
+
+
+def predictions_frame(task: str, test, y_pred: np.ndarray) -> pd.DataFrame:
+    """One row per test photo: its score, and actual / predicted as DVC's confusion / scatter plots read them."""
+    y_true = test.targets(task).numpy()
+    frame = pd.DataFrame({"filename": test.meta["filename"], "group": test.meta["group"], "score": y_pred})
+    if task == "gender":
+        frame["actual"] = np.where(y_true == 1, "m", "f")
+        frame["predicted"] = np.where(y_pred >= 0.5, "m", "f")
+    else:
+        frame["actual"], frame["predicted"] = y_true, y_pred
+    return frame
+
+
+def write_reports(task: str, m: dict, frame: pd.DataFrame, model_dir: Path, out: Path, protocol: str) -> list[Path]:
+    """predictions.csv, the plots, report.md and the layer table -> the files MLflow also gets."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "predictions.csv", frame.to_csv(index=False))
+    pngs = plot(task, frame, json.loads((model_dir / "history.json").read_text()), out)
+    write_text(out / "report.md", report(task, m, protocol))
+    net, bundle = load_bundle(model_dir / "model.pt")
+    title = f"{task} model ({bundle['model_config']['arch']})"
+    write_text(out / "params.md", to_markdown(layer_table(net, bundle["model_config"]["image_size"]), title))
+    return [*pngs, out / "report.md", out / "params.md"]
+
+
+def register(params, task: str, model_dir: Path, m: dict, rescore, logged: list[Path]) -> dict:
+    """Test metrics into the training run, the model into the registry; the champion gate -> its decision."""
+    from pipeline import tracking
+
+    run = json.loads((model_dir / "run.json").read_text())
+    name = f"{params.tracking.experiment}-{params.ingest.source}-{task}"
+    main = MAIN_METRIC[task]
+    with tracking.continue_run(params, run["run_id"]):
+        tracking.log_metrics({f"test_{k}": v for k, v in m.items() if isinstance(v, float)})
+        tracking.log_metrics({f"test_{k}_ci95_{end}": b for k, span in m["ci95"].items()
+                              for end, b in zip(("lo", "hi"), span, strict=True)})
+        tracking.log_artifacts(logged, "evaluation")
+        return tracking.register_and_promote(run["model_uri"], name, main, m[main], score_champion=rescore,
+                                             promote=params.evaluate.promote,
+                                             weights_sha256=sha256_file(model_dir / "model.pt"),
+                                             description=_model_card())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="Evaluate one task's model on the test split")
     for a in ("--model", "--data", "--split", "--out"):
@@ -101,57 +165,27 @@ def main() -> None:
     ap.add_argument("--task", required=True, choices=list(MAIN_METRIC))
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
-    from pipeline import tracking
     from pipeline.config import load_params
-    from pipeline.data import load_parts
-    from pipeline.model import load_bundle, predict, serving_model
 
     params, task = load_params(args.params), args.task
-    cfg = params.evaluate
-    net, bundle = load_bundle(args.model / "model.pt")
     test = load_parts(args.data, args.split, ("test",))["test"]
-    y_true, groups = test.targets(task).numpy(), test.meta["group"].to_numpy()
+    y_true = test.targets(task).numpy()
     subgroups = (test.meta["group"] + "_" + test.meta["gender"]).to_numpy()     # e.g. asian_f
-
-
-    def score(bundle_path: Path) -> tuple[np.ndarray, dict]:
-        """A bundle scored as the service will serve it: its own execution policy on this machine."""
-        model, policy = serving_model(bundle_path, task)
-        return predict(model, test.images, cfg.batch_size, cfg.tta_flip, policy), policy.describe()
-
-    y_pred, how = score(args.model / "model.pt")
-    run_as = f"{how['precision']} {how['memory_format']} on {how['device']}"     # for the report's protocol line
-    m = compute_metrics(task, y_true, y_pred, [groups, subgroups])
+    y_pred, how = score_test(task, args.model / "model.pt", test, params.evaluate)
+    m = compute_metrics(task, y_true, y_pred, [test.meta["group"].to_numpy(), subgroups])
     m["ci95"] = bootstrap_ci(task, y_true, y_pred)       # what this one test split can tell apart
-    args.out.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame({"filename": test.meta["filename"], "group": groups, "score": y_pred})
-    if task == "gender":
-        frame["actual"] = np.where(y_true == 1, "m", "f")
-        frame["predicted"] = np.where(y_pred >= 0.5, "m", "f")
-    else:
-        frame["actual"], frame["predicted"] = y_true, y_pred
-    write_text(args.out / "predictions.csv", frame.to_csv(index=False))
-    history = json.loads((args.model / "history.json").read_text())
-    pngs = plot(task, frame, history, args.out)
     sizes = {p: len((args.split / f"{p}.txt").read_text().split()) for p in ("train", "val", "test")}
-    write_text(args.out / "report.md", report(task, m, f"{_protocol(params, sizes)}; scored in {run_as}"))
-    size = bundle["model_config"]["image_size"]
-    title = f"{task} model ({bundle['model_config']['arch']})"
-    write_text(args.out / "params.md", to_markdown(layer_table(net, size), title))
-    run = json.loads((args.model / "run.json").read_text())
-    run_id = run["run_id"]
-    name = f"{params.tracking.experiment}-{params.ingest.source}-{task}"
-    with tracking.continue_run(params, run_id):
-        tracking.log_metrics({f"test_{k}": v for k, v in m.items() if isinstance(v, float)})
-        tracking.log_metrics({f"test_{k}_ci95_{end}": b for k, span in m["ci95"].items()
-                              for end, b in zip(("lo", "hi"), span)})
-        tracking.log_artifacts([*pngs, args.out / "report.md", args.out / "params.md"], "evaluation")
-        decision = tracking.register_and_promote(run["model_uri"], name, MAIN_METRIC[task], m[MAIN_METRIC[task]],
-                                                 score_champion=lambda path: compute_metrics(   # a bundle path
-                                                     task, y_true, score(Path(path))[0])[MAIN_METRIC[task]],
-                                                 promote=cfg.promote)
-    write_text(args.out / "metrics.json", json.dumps({**m, "registry": decision}, indent=2) + "\n")
-    shown = {k: round(v, 4) for k, v in m.items() if isinstance(v, float)}
+    protocol = f"{_protocol(params, sizes)}; scored in {how['precision']} {how['memory_format']} on {how['device']}"
+    logged = write_reports(task, m, predictions_frame(task, test, y_pred), args.model, args.out, protocol)
+
+    def rescore(path) -> float:                          # the champion's bundle on these test photos
+        return compute_metrics(task, y_true, score_test(task, Path(path), test, params.evaluate)[0])[MAIN_METRIC[task]]
+
+    decision = register(params, task, args.model, m, rescore, logged)
+    headline, by_group = split_metrics(m)
+    write_text(args.out / "groups.json", json.dumps(by_group, indent=2) + "\n")
+    write_text(args.out / "metrics.json", json.dumps({**headline, "registry": decision}, indent=2) + "\n")
+    shown = {k: round(v, 4) for k, v in headline.items() if isinstance(v, float)}
     print(f"evaluate {task}: {shown}\n  registry: {decision}")
 
 

@@ -42,7 +42,7 @@ class Execution:
     channels_last: bool = False
 
     @classmethod
-    def from_bundle(cls, stored: dict | None) -> "Execution":
+    def from_bundle(cls, stored: dict | None) -> Execution:
         """The bundle's / metadata's `execution` dict; none stored: the float32 NCHW of older models."""
         return cls(**stored) if stored else cls()
 
@@ -80,7 +80,7 @@ class Policy:
     def model(self, net: nn.Module) -> nn.Module:
         """Moves a network to the device and memory format (in place, the same Parameter objects:
         an optimizer built before or after still holds them)."""
-        return net.to(self.device, memory_format=self.memory_format)
+        return net.to(self.device, memory_format=self.memory_format)   # type: ignore[call-overload]  # torch stubs
 
     def apply_threads(self) -> None:
         if self.device.type == "cpu" and torch.get_num_threads() != self.threads:

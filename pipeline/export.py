@@ -25,7 +25,7 @@ from pathlib import Path
 
 TASKS = ("gender", "rating")
 FILES = {"models/{task}": ("model.pt", "history.json", "final.pt", "final.json"),
-         "reports/eval/{task}": ("metrics.json", "report.md")}
+         "reports/eval/{task}": ("metrics.json", "groups.json", "report.md")}
 
 
 def export(serving: Path, out: Path, root: Path = Path(".")) -> list[Path]:

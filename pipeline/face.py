@@ -67,9 +67,10 @@ def detector_version(cfg: FaceConfig) -> str:
 def _cascade(name: str):
     import cv2
 
-    c = cv2.CascadeClassifier(cv2.data.haarcascades + name)
+    folder = cv2.data.haarcascades                          # type: ignore[attr-defined]  # opencv's stubs lack it
+    c = cv2.CascadeClassifier(folder + name)
     if c.empty():
-        raise FileNotFoundError(f"Haar cascade {name} not found in {cv2.data.haarcascades}")
+        raise FileNotFoundError(f"Haar cascade {name} not found in {folder}")
     return c
 
 
@@ -107,7 +108,7 @@ def detect(img: Image.Image, cfg: FaceConfig) -> list[Face]:
             inv = cv2.invertAffineTransform(rot)
             centres = (boxes[:, :2] + boxes[:, 2:] / 2) @ inv[:, :2].T + inv[:, 2]
         faces = [Face(float(cx / k - w / k / 2), float(cy / k - h / k / 2), float(w / k), float(h / k), angle, int(v))
-                 for (cx, cy), (_, _, w, h), v in zip(centres, boxes, votes)]
+                 for (cx, cy), (_, _, w, h), v in zip(centres, boxes, votes, strict=True)]
         if faces:
             break
     faces.sort(key=lambda f: -f.w)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,6 +33,7 @@ from pipeline.data import Augment, Part, augment, batches
 from pipeline.execution import Policy
 from pipeline.metrics import MAIN_METRIC, compute_metrics
 from pipeline.model import ModelConfig, TaskModel, build_model, predict
+from pipeline.tasks import TASKS
 
 LOSSES = {"cross_entropy": nn.CrossEntropyLoss(), "l1": nn.L1Loss(), "huber": nn.HuberLoss(delta=0.5),
           "mse": nn.MSELoss()}
@@ -56,16 +58,16 @@ def _loss_fns(task: str, cfg: TaskConfig) -> dict[str, tuple[nn.Module, float]]:
     """Per head: (loss, weight). Classification heads use cross-entropy; rating uses cfg.loss."""
     if (task == "gender") != (cfg.loss == "cross_entropy"):
         raise ValueError(f"train.{task}.loss={cfg.loss} does not fit the task")
-    out = {task: (LOSSES[cfg.loss], 1.0)}
+    out: dict[str, tuple[nn.Module, float]] = {task: (LOSSES[cfg.loss], 1.0)}
     for aux in cfg.aux_tasks:
-        out[aux] = (LOSSES["huber" if aux == "rating" else "cross_entropy"], cfg.aux_weight)
+        out[aux] = (LOSSES[TASKS[aux].aux_loss], cfg.aux_weight)
     return out
 
 
 def fingerprint(cfg: TaskConfig, parts: dict[str, Part], heads: list[str], policy: Policy) -> str:
     """Identifies config + data + the training code + how it runs (device, precision, memory format:
     each changes the numbers); a checkpoint is resumed only when this matches."""
-    code = [Path(m.__file__).read_text() for m in (sys.modules[__name__], data_module, model_module,
+    code = [Path(str(m.__file__)).read_text() for m in (sys.modules[__name__], data_module, model_module,
                                                    execution_module)]
     how = {k: v for k, v in policy.describe().items() if k != "threads"}
     key = json.dumps([dataclasses.asdict(cfg), heads, {p: list(v.meta["filename"]) for p, v in parts.items()},
@@ -178,12 +180,15 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, poli
     ema = _ema(net, cfg.ema)
     judged = ema.module if ema is not None else net               # what validation scores and we keep
     fp = fingerprint(cfg, parts, list(losses), policy)
-    state = {"epoch": 0, "best_metric": -float("inf"), "best_epoch": 0, "bad": 0, "history": [],
+    state: dict[str, Any] = {"epoch": 0, "best_metric": -float("inf"), "best_epoch": 0, "bad": 0, "history": [],
              "best_state": copy.deepcopy(judged.state_dict())}
     ck = _read_checkpoint(checkpoint, policy.device)
     if ck is not None and ck["fingerprint"] == fp and not ck.get("finished"):   # only an interrupted run resumes
-        net.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
-        gen.set_state(ck["gen"]), torch.set_rng_state(ck["rng"])
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        gen.set_state(ck["gen"])
+        torch.set_rng_state(ck["rng"])
         if ema is not None:
             ema.load_state_dict(ck["ema"])
         state = ck["state"]
@@ -209,8 +214,9 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, poli
             state["bad"] += 1
         state["epoch"] = epoch
         state["history"].append(record)
-        print(f"{task} epoch {epoch:3d}  loss {loss:.4f}  val {MAIN_METRIC[task]} {metric:.4f}  "
-              f"({record['seconds']:.1f} s)" + ("  *kept" if state["best_epoch"] == epoch else ""))
+        shown = f"  val {MAIN_METRIC[task]} {metric:.4f}" if val is not None else ""
+        print(f"{task} epoch {epoch:3d}  loss {loss:.4f}{shown}  ({record['seconds']:.1f} s)"
+              + ("  *kept" if state["best_epoch"] == epoch else ""), flush=True)
         if on_epoch:
             on_epoch(record)
         if checkpoint:

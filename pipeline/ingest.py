@@ -47,7 +47,9 @@ class IngestResult:
 
 def plan(label_rows, image_dir: Path) -> tuple[list[dict], list[dict], int]:
     """Checks label rows without decoding: -> (rows to decode, quarantine rows, rows in)."""
-    todo, bad, seen = [], [], {}
+    todo: list[dict] = []
+    bad: list[dict] = []
+    seen: dict[str, int] = {}
     for r in label_rows:
         reason = r.problem
         parsed = None
@@ -63,6 +65,7 @@ def plan(label_rows, image_dir: Path) -> tuple[list[dict], list[dict], int]:
             bad.append({"filename": r.filename, "line": r.line, "reason": reason, "detail": ""})
             continue
         seen[r.filename] = r.line
+        assert parsed is not None                     # every row without a reason parsed (for mypy)
         todo.append({"filename": r.filename, "line": r.line, "gender": parsed[0], "group": parsed[1],
                      "rating": r.rating})
     labelled = {r.filename for r in label_rows}
@@ -105,12 +108,12 @@ def ingest(label_rows, image_dir: Path, size: int, max_pixels: int, out_npy: Pat
     scratch = np.lib.format.open_memmap(out_npy.with_suffix(".tmp.npy"), "w+", np.uint8,
                                         (max(len(todo), 1), size, size, 3)) if out_npy else \
         np.empty((len(todo), size, size, 3), np.uint8)
-    kept = []
+    kept: list[dict] = []
     jobs = [(str(image_dir / t["filename"]), size, max_pixels, face) for t in todo]
     # forkserver, not fork: a forked child of a process whose OpenCV thread pool has run deadlocks
     with get_context("forkserver").Pool(workers, initializer=_one_thread) if workers > 1 else _Inline() as pool:
         results = pool.imap(_decode, jobs, chunksize=16)
-        for t, (arr, reason, detail, digest, w, h) in zip(todo, tqdm(results, total=len(jobs), desc="ingest", disable=None)):
+        for t, (arr, reason, detail, digest, w, h) in zip(todo, tqdm(results, total=len(jobs), desc="ingest", disable=None), strict=True):
             if arr is None:
                 bad.append({"filename": t["filename"], "line": t["line"], "reason": reason, "detail": detail})
                 continue
@@ -154,7 +157,7 @@ def _finalise(scratch: np.ndarray, n: int, out_npy: Path | None, chunk: int = 51
             final[i:j] = scratch[i:j]
         final.flush()
         del final
-    tmp = Path(scratch.filename)
+    tmp = Path(scratch.filename)                # type: ignore[attr-defined]  # a np.memmap
     del scratch
     tmp.unlink()
     return np.load(out_npy, mmap_mode="r")
@@ -182,7 +185,8 @@ def main() -> None:
         res.meta.to_parquet(tmp, index=False)
     write_text(args.out / "quarantine.csv", res.quarantine.to_csv(index=False))
     counts = res.counts()
-    assert counts["rows_in"] == counts["kept"] + counts["quarantined"], counts
+    if counts["rows_in"] != counts["kept"] + counts["quarantined"]:             # a row dropped silently
+        raise SystemExit(f"ingest: rows in != kept + quarantined: {counts}")
     fraction = counts["quarantined"] / max(counts["rows_in"], 1)
     report = {**counts, "quarantined_fraction": round(fraction, 6),
               "by_reason": res.quarantine["reason"].value_counts().to_dict(),

@@ -27,6 +27,9 @@ class Row:
     dense_equivalent: int  # conv/dense: parameters of a Linear(in_numel -> out_numel); else 0
 
 
+class CountMismatch(ValueError):
+    """A layer's parameter formula disagrees with the module (the report would explain wrong numbers)."""
+
 def _shape(t: torch.Tensor) -> str:
     return "x".join(map(str, t.shape[1:]))
 
@@ -58,7 +61,7 @@ def layer_table(net: nn.Module, image_size: int) -> list[Row]:
         formula, n, macs = _formula(m, x, y)
         own = sum(p.numel() for p in m.parameters(recurse=False))
         if n != own:
-            raise AssertionError(f"{names[m]}: formula gives {n}, module has {own} parameters")
+            raise CountMismatch(f"{names[m]}: formula gives {n}, module has {own} parameters")
         dense = (x[0].numel() + 1) * y[0].numel() if isinstance(m, (nn.Conv2d, nn.Linear)) else 0
         rows.append(Row(names[m], type(m).__name__, _shape(y), formula, n, macs, dense))
 
@@ -73,7 +76,7 @@ def layer_table(net: nn.Module, image_size: int) -> list[Row]:
             h.remove()
     total = sum(r.params for r in rows)
     if total != count_params(net):
-        raise AssertionError(f"layer table sums to {total}, count_params says {count_params(net)}")
+        raise CountMismatch(f"layer table sums to {total}, count_params says {count_params(net)}")
     return rows
 
 

@@ -10,7 +10,19 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
 
-MAIN_METRIC = {"gender": "accuracy", "rating": "pearson"}     # higher is better for both
+from pipeline.tasks import SERVED, TASKS
+
+# higher is better for both (pipeline/tasks.py); every served task has one
+MAIN_METRIC: dict[str, str] = {t: str(TASKS[t].main_metric) for t in SERVED}
+
+
+HEADLINE = ("accuracy", "roc_auc", "confusion", "mae", "rmse", "pearson", "spearman", "ci95")
+
+
+def split_metrics(m: dict) -> tuple[dict, dict]:
+    """compute_metrics' dict -> (headline numbers, per-group numbers `<metric>_<group>` and `n_<group>`):
+    `dvc metrics show` lists the first, the second is a file beside it."""
+    return {k: v for k, v in m.items() if k in HEADLINE}, {k: v for k, v in m.items() if k not in HEADLINE}
 
 
 def compute_metrics(task: str, y_true, y_pred, groups=None) -> dict:

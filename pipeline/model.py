@@ -13,14 +13,16 @@ classes - a rating of 4.9 was as wrong as 1.0 when the label was 5, and fraction
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from pipeline.execution import Execution, Policy, for_inference, resolve, select_device
+from pipeline.tasks import RATING_RANGE, TASKS
 
-HEAD_OUTPUTS = {"gender": 2, "rating": 1, "group": 2}
+HEAD_OUTPUTS = {name: t.outputs for name, t in TASKS.items()}
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,7 @@ class TaskModel(nn.Module):
         out = self.net(x)[self.task].float()         # bf16 under autocast -> fp32 for softmax / clamp
         if self.task in ("gender", "group"):
             return out.softmax(1)[:, 1]
-        return out.clamp(1.0, 5.0)            # ratings live on the 1-5 scale; clipping only reduces error
+        return out.clamp(*RATING_RANGE)       # ratings live on the 1-5 scale; clipping only reduces error
 
 
 def predict(model: nn.Module, images, batch_size: int = 128, tta_flip: bool = False,
@@ -182,10 +184,8 @@ def predict(model: nn.Module, images, batch_size: int = 128, tta_flip: bool = Fa
 
     policy = policy or resolve(Execution(), torch.device("cpu"), threads=torch.get_num_threads())
     if getattr(model, "training", False):   # eval() walks every module: 0.3 ms a call, so only when needed
-        try:
+        with contextlib.suppress(NotImplementedError):   # a torch.export module (MLflow's pt2) is frozen in eval
             model.eval()
-        except NotImplementedError:          # a torch.export module (MLflow's pt2 format) is frozen in eval mode
-            pass
     out = []
     with torch.inference_mode(), policy.autocast():
         for i in range(0, len(images), batch_size):
@@ -205,7 +205,7 @@ def make_bundle(net: nn.Module, mcfg: ModelConfig, heads: list[str], task: str, 
     """What a weights file holds: a plain NCHW float32 network and every fact needed to serve it
     (architecture, heads, crop contract, execution policy) and what it learnt from (`trained_on`:
     parts, photos, epochs). Moves `net` to the CPU in the default memory format."""
-    net = net.cpu().to(memory_format=torch.contiguous_format)
+    net = net.cpu().to(memory_format=torch.contiguous_format)   # type: ignore[call-overload]  # torch stubs
     return {"state_dict": net.state_dict(), "model_config": asdict(mcfg), "heads": list(heads), "task": task,
             "preprocess": preprocess, "execution": execution, "trained_on": trained_on}
 

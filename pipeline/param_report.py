@@ -16,15 +16,16 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from pipeline.atomic import write_text
-from pipeline.layers import layer_table, to_markdown
+from pipeline.layers import CountMismatch, layer_table, to_markdown
 from pipeline.model import ModelConfig, build_model, count_params
 
 
-def models_in_params(params) -> dict[str, tuple[ModelConfig, list[str]]]:
-    """Every network the pipeline builds, plus the course reference network."""
-    out = {}
+def models_in_params(params) -> dict[str, tuple[ModelConfig, list[str] | dict[str, int]]]:
+    """Every network the pipeline builds (its heads), plus the course reference network (its outputs)."""
+    out: dict[str, tuple[ModelConfig, list[str] | dict[str, int]]] = {}
     for task in ("gender", "rating"):
         c = getattr(params.train, task)
         out[f"{task}-{c.arch}"] = (ModelConfig(c.arch, c.widths, c.dropout, params.ingest.image_size),
@@ -45,7 +46,8 @@ def main() -> None:
 
     params = load_params(args.params)
     args.out.mkdir(parents=True, exist_ok=True)
-    md, summary = ["# Parameter counts, layer by layer", ""], {}
+    md = ["# Parameter counts, layer by layer", ""]
+    summary: dict[str, dict[str, Any]] = {}
     try:
         for name, (cfg, heads) in models_in_params(params).items():
             net = build_model(cfg, heads)
@@ -54,7 +56,7 @@ def main() -> None:
                                         f" heads {heads}"))
             summary[name] = {"params": count_params(net), "macs": sum(r.macs for r in rows),
                              "layers": [asdict(r) for r in rows]}
-    except AssertionError as e:
+    except CountMismatch as e:
         sys.exit(f"param_report: FAILED - {e}")
     write_text(args.out / "params.md", "\n".join(md))
     write_text(args.out / "params.json", json.dumps(summary, indent=1) + "\n")

@@ -203,6 +203,8 @@ def crop_contract(crop: str, face: FaceConfig | None = None) -> dict:
     holds no None."""
     if crop == "centre":
         return {"crop": "centre"}
+    if face is None:
+        raise ValueError("crop: face needs the face step's settings (ingest.face)")
     return {"crop": "face", "face": dataclasses.asdict(face), "detector": detector_version(face)}
 
 

@@ -8,7 +8,8 @@ is the better one to serve (30 % more faces), and it cannot be tested here: it h
 So this stage retrains the same config and seed on every row of the split, with no validation part
 (a fixed schedule; the last epoch's weights, as `select: last` keeps in the split run), and logs the
 weights as `final/final.pt` in the split model's MLflow run; `package` serves that file when the
-champion's run has one. `refit.budget: steps` keeps the split run's number of optimizer steps
+champion's run has one. It runs after evaluate, and only for a model that became the champion (a
+model that lost the gate is never served, so its refit would be wasted). `refit.budget: steps` keeps the split run's number of optimizer steps
 (epochs x train photos / all photos), so a refit costs what the split run cost.
 
 Writes `<model>/final.pt` (the weights to serve: the refit, or a copy of `model.pt` when
@@ -52,13 +53,13 @@ def check_recipe(bundle: dict, mcfg: ModelConfig, heads: list[str]) -> None:
                          f"says {dataclasses.asdict(mcfg)} {heads}: rerun the train stage first")
 
 
-def keep_split_model(model_dir: Path) -> None:
-    """refit.enabled: false -> the split model is the final one (final.pt is a copy of model.pt)."""
+def keep_split_model(model_dir: Path, why: str) -> None:
+    """No refit (off, or the split model is not the champion) -> final.pt is a copy of model.pt."""
     with atomic_path(model_dir / "final.pt") as tmp:
         shutil.copyfile(model_dir / "model.pt", tmp)
     (model_dir / "final_checkpoint.pt").unlink(missing_ok=True)
     write_text(model_dir / "final_history.json", "[]\n")
-    write_text(model_dir / "final.json", json.dumps({"enabled": False, "weights": "split"}) + "\n")
+    write_text(model_dir / "final.json", json.dumps({"enabled": False, "weights": "split", "why": why}) + "\n")
 
 
 def refit(params, task: str, model_dir: Path, data: Path, split: Path) -> dict:
@@ -106,14 +107,22 @@ def main() -> None:
     ap.add_argument("--model", required=True, type=Path, help="the train stage's folder (model.pt, run.json)")
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--split", required=True, type=Path)
+    ap.add_argument("--metrics", required=True, type=Path, help="evaluate's metrics.json (the registry's decision)")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     from pipeline.config import load_params
 
     params = load_params(args.params)
+    decision = json.loads(args.metrics.read_text())["registry"]
     if not params.refit.enabled:
-        keep_split_model(args.model)
-        print(f"refit {args.task}: off (refit.enabled: false); the split model is the final one")
+        why = "refit.enabled: false"
+    elif not decision["promoted"]:       # package serves the champion's own refit, not this recipe's
+        why = f"v{decision['version']} is not the champion (v{decision['champion_version']} is)"
+    else:
+        why = ""
+    if why:
+        keep_split_model(args.model, why)
+        print(f"refit {args.task}: not run ({why}); final.pt is the split model")
         return
     info = refit(params, args.task, args.model, args.data, args.split)
     write_text(args.model / "final.json", json.dumps(info, indent=1) + "\n")

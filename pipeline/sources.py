@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from pipeline.tasks import RATING_RANGE
+
 GROUPS = {"w": "caucasian", "y": "asian", "C": "caucasian", "A": "asian"}
 V1 = re.compile(r"^(?P<g>[fm])t(?P<grp>[wy])\d+\.(jpe?g|png)$", re.IGNORECASE)
 V2 = re.compile(r"^(?P<grp>[AC])(?P<g>[FM])\d+\.(jpe?g|png)$")
@@ -26,7 +28,6 @@ DEFAULT_LABELS = {"synthetic": ("FaceScore.csv",), "facescore": ("FaceScore.csv"
                   "scut": ("SCUT-FBP5500_labels.txt", "train_test_files/All_labels.txt", "All_labels.txt",
                            "FaceScore.csv")}
 IMAGE_DIRS = ("images", "image", "Images")
-RATING_RANGE = (1.0, 5.0)
 
 
 @dataclass(frozen=True)

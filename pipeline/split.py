@@ -21,6 +21,10 @@ from pipeline.atomic import write_text
 PARTS = ("train", "val", "test")
 
 
+class SplitLeak(ValueError):
+    """A photo in two parts of the split: every test metric would be inflated."""
+
+
 def strata(meta: pd.DataFrame) -> pd.Series:
     """gender x group label per row, e.g. 'f/asian'."""
     return meta["gender"] + "/" + meta["group"]
@@ -57,7 +61,7 @@ def check_disjoint(parts: dict[str, list[str]]) -> dict[str, list[str]]:
     for part, names in parts.items():
         for n in names:
             if n in seen:
-                raise AssertionError(f"{n} is in both {seen[n]} and {part}")
+                raise SplitLeak(f"{n} is in both {seen[n]} and {part}")
             seen[n] = part
     return parts
 

@@ -134,7 +134,7 @@ def render_face(face: Face, size: int, rng: np.random.Generator) -> Image.Image:
     texture = rng.normal(0, 2 + 10 * (1 - face.smoothness), (size, size, 1))
     arr = np.clip(np.asarray(img, dtype=np.float32) + texture, 0, 255).astype(np.uint8)
     img = Image.fromarray(arr).filter(ImageFilter.GaussianBlur(0.6))
-    img = img.rotate(rng.uniform(-8, 8), resample=Image.BILINEAR, fillcolor=bg)
+    img = img.rotate(rng.uniform(-8, 8), resample=Image.Resampling.BILINEAR, fillcolor=bg)
     return ImageEnhance.Brightness(img).enhance(rng.uniform(0.8, 1.2))
 
 

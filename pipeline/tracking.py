@@ -8,11 +8,15 @@ be traced back to the exact code and data that produced it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import math
 import os
 import subprocess
+import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import yaml
 
@@ -67,53 +71,91 @@ def stage_run(params: Params, stage: str, cfg: Any = None, tags: dict[str, str] 
     setup(params)
     import mlflow
 
-    all_tags = {"stage": stage, "git_commit": _git_commit(), "data_hash": data_hash(), **(tags or {})}
-    with mlflow.start_run(run_name=stage, tags=all_tags, log_system_metrics=system_metrics) as run:
+    all_tags = {"stage": stage, "git_commit": _git_commit(), "data_hash": data_hash(), "source": params.ingest.source,
+                **(tags or {})}
+    if os.environ.get("DVC_EXP_NAME"):               # set by `dvc exp run` (make repro PROFILE=...)
+        all_tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    with mlflow.start_run(run_name=run_name(stage, all_tags), tags=all_tags, log_system_metrics=system_metrics) as run:
         if cfg is not None:
             mlflow.log_params({f"{stage}.{k}": v for k, v in as_flat_dict(cfg).items()})
         yield run.info.run_id
 
 
+def run_name(stage: str, tags: dict[str, str]) -> str:
+    """What the MLflow UI lists: stage, data source, architecture and DVC experiment where there are
+    any, e.g. `train-rating scut convnet (scut-20261201-1830)`, so runs can be told apart by name."""
+    name = " ".join([stage, tags["source"], *([tags["arch"]] if "arch" in tags else [])])
+    return f"{name} ({tags['dvc_experiment']})" if "dvc_experiment" in tags else name
+
+
+# The finished run that `continue_run` adds to (None: the active run of `stage_run`).
+_CONTINUED: contextvars.ContextVar[str | None] = contextvars.ContextVar("continued_run", default=None)
+
+
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     import mlflow
 
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    run_id = _CONTINUED.get()
+    if run_id is None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        return
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    mlflow.MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
 
 
 def set_tags(tags: dict[str, str]) -> None:
     import mlflow
 
-    mlflow.set_tags(tags)
+    run_id = _CONTINUED.get()
+    if run_id is None:
+        mlflow.set_tags(tags)
+    else:
+        for k, v in tags.items():
+            mlflow.MlflowClient().set_tag(run_id, k, v)
 
 
 def log_table(df, name: str, source: str, context: str = "stage") -> None:
     """Logs a pandas table as an MLflow dataset input (name, digest, schema, source): data lineage."""
     import mlflow
+    from mlflow.data.pandas_dataset import from_pandas
 
     with warnings.catch_warnings():   # source-kind and int-schema hints that do not apply here
         warnings.simplefilter("ignore", UserWarning)
-        mlflow.log_input(mlflow.data.from_pandas(df, source=source, name=name), context=context)
+        mlflow.log_input(from_pandas(df, source=source, name=name), context=context)
 
 
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
     """Logs files or folders (folders recursively) under `artifact_path`."""
     import mlflow
 
+    run_id = _CONTINUED.get()
     for p in map(Path, paths):
         if p.is_dir():
-            mlflow.log_artifacts(str(p), artifact_path=f"{artifact_path}/{p.name}" if artifact_path else p.name)
+            where = f"{artifact_path}/{p.name}" if artifact_path else p.name
+            if run_id is None:
+                mlflow.log_artifacts(str(p), artifact_path=where)
+            else:
+                mlflow.MlflowClient().log_artifacts(run_id, str(p), where)
         elif p.exists():
-            mlflow.log_artifact(str(p), artifact_path=artifact_path)
+            if run_id is None:
+                mlflow.log_artifact(str(p), artifact_path=artifact_path)
+            else:
+                mlflow.MlflowClient().log_artifact(run_id, str(p), artifact_path)
 
 
 @contextlib.contextmanager
 def continue_run(params: Params, run_id: str) -> Iterator[str]:
-    """Re-opens a finished run (the evaluate stage adds test metrics to its training run)."""
+    """Adds to a finished run (evaluate: test metrics; refit: the final weights) without re-opening
+    it: a re-opened run would end again now, and its duration in the UI would no longer be its
+    training's. The helpers below log to `run_id` while this is open."""
     setup(params)
-    import mlflow
-
-    with mlflow.start_run(run_id=run_id):
+    token = _CONTINUED.set(run_id)
+    try:
         yield run_id
+    finally:
+        _CONTINUED.reset(token)
 
 
 def log_torch_model(model, example_images) -> str:
@@ -134,10 +176,14 @@ def log_torch_model(model, example_images) -> str:
 
 
 def register_and_promote(model_uri: str, name: str, metric: str, value: float,
-                         score_champion: Callable[[Path], float], promote: bool = True) -> dict:
+                         score_champion: Callable[[Path], float], promote: bool = True,
+                         weights_sha256: str | None = None, description: str | None = None) -> dict:
     """Registers the logged model as a new version of `name`; moves alias `champion` to it when it
     beats the current champion, which is re-scored with `score_champion(bundle_path)` on the caller's
     data - so both are compared on the same test split, whatever split the champion was tested on.
+
+    A bundle whose `weights_sha256` a version of `name` already has is not registered again (a rerun
+    of a deterministic pipeline): the decision names that version, and nothing moves.
 
     The champion is re-scored from its training run's weights bundle (`bundle/model.pt`, which the
     caller loads with `torch.load(weights_only=True)`), not from the logged MLflow model: loading
@@ -150,26 +196,62 @@ def register_and_promote(model_uri: str, name: str, metric: str, value: float,
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
-    version = mlflow.register_model(model_uri, name).version
-    if mlflow.active_run():               # the run that trained it (MLflow 3 registers a LoggedModel)
-        client.set_model_version_tag(name, version, "run_id", mlflow.active_run().info.run_id)
-    client.set_model_version_tag(name, version, f"test_{metric}", f"{value:.6f}")
-    client.set_model_version_tag(name, version, "data_hash", data_hash())
     try:
         champ = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
         champ = None
+    same = _version_with_weights(client, name, weights_sha256) if weights_sha256 else None
+    if same is not None:                  # these weights are registered already: no copy, no new comparison
+        return {"model": name, "version": int(same.version), metric: round(value, 6),
+                "champion_version": None if champ is None else int(champ.version), "champion_rescored": None,
+                "promoted": False, "registered": False}
+    version = mlflow.register_model(model_uri, name).version
+    if description:                       # the registered model's page in the MLflow UI shows the model card
+        client.update_registered_model(name, description=description)
+    active = mlflow.active_run()
+    run_id = _CONTINUED.get() or (active.info.run_id if active is not None else None)
+    if run_id is not None:                # the run that trained it (MLflow 3 registers a LoggedModel)
+        client.set_model_version_tag(name, version, "run_id", run_id)
+    client.set_model_version_tag(name, version, f"test_{metric}", f"{value:.6f}")
+    client.set_model_version_tag(name, version, "data_hash", data_hash())
+    if weights_sha256:
+        client.set_model_version_tag(name, version, "weights_sha256", weights_sha256)
     champ_value = None
     if champ is not None:
         with tempfile.TemporaryDirectory() as tmp:
             champ_value = score_champion(Path(_download(champ, name, "bundle/model.pt", Path(tmp))[1]))
-    better = champ_value is None or value > champ_value
-    if promote and better:
+    promoted = promote and beats(value, champ_value)
+    if promoted:
         client.set_registered_model_alias(name, "champion", version)
+        if run_id is not None:            # the champion is marked on its run too (the runs view shows tags)
+            client.set_tag(run_id, "champion", f"{name} v{version}")
+        old_run = champ.tags.get("run_id") if champ is not None else None
+        if old_run:
+            client.set_tag(old_run, "champion", f"replaced by v{version}")
     return {"model": name, "version": int(version), metric: round(value, 6),
-            "champion_version": int(version) if promote and better else int(champ.version),
+            "champion_version": int(version) if promoted else (None if champ is None else int(champ.version)),
             "champion_rescored": None if champ_value is None else round(champ_value, 6),
-            "promoted": bool(promote and better)}
+            "promoted": bool(promoted), "registered": True}
+
+
+def _version_with_weights(client, name: str, sha256: str):
+    """The newest registered version of `name` whose weights bundle has this sha256, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    same = [v for v in versions if v.tags.get("weights_sha256") == sha256]
+    return max(same, key=lambda v: int(v.version)) if same else None
+
+
+def beats(value: float, champion: float | None) -> bool:
+    """Whether a new model's metric beats the champion's (None: there is none). NaN (no correlation: a
+    constant prediction) loses to any number, so a NaN champion is replaced and a NaN model never wins."""
+    if math.isnan(value):
+        return champion is None
+    return champion is None or math.isnan(champion) or value > champion
 
 
 def champion(params: Params, name: str, artifacts: list[str], dest: Path) -> dict:

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.atomic import write_text
-from pipeline.sources import GROUPS, RATING_RANGE, parse_name
+from pipeline.sources import GROUPS, parse_name
+from pipeline.tasks import RATING_RANGE
 
 
 def expectation_frame(meta: pd.DataFrame, image_shape: tuple[int, ...]) -> pd.DataFrame:
@@ -72,7 +73,7 @@ def run_suite(frame: pd.DataFrame, expectations: list, docs_dir: Path | None = N
             .add_batch_definition_whole_dataframe("all")
         suite = context.suites.add(gx.ExpectationSuite(name="ingested_faces", expectations=expectations))
         vd = context.validation_definitions.add(gx.ValidationDefinition(name="ingested", data=batch, suite=suite))
-        actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if docs_dir else []
+        actions: list = [gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if docs_dir else []
         checkpoint = context.checkpoints.add(gx.Checkpoint(
             name="ingest_check", validation_definitions=[vd], actions=actions,
             result_format={"result_format": "SUMMARY"}))

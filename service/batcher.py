@@ -33,7 +33,7 @@ class Batcher:
     def __init__(self, forward: Callable[[list], Sequence], max_batch: int,
                  on_batch: Callable[[int], Any] | None = None) -> None:
         self.forward, self.max_batch, self.on_batch = forward, max_batch, on_batch
-        self._queue: list[tuple[Any, asyncio.Future]] = []
+        self._queue: list[tuple[Any, asyncio.Future, object]] = []   # (input, its future, its call)
         self._drainer: asyncio.Task | None = None          # a reference keeps the task alive
         # one long-lived model thread: cheaper to hand work to than anyio's pool, and torch's
         # per-thread settings (number of intra-op threads) hold for every batch
@@ -42,12 +42,16 @@ class Batcher:
     async def run(self, items: Sequence) -> list:
         """Queues `items` (kept together where they fit one batch) and waits for their outputs.
 
+        One call's items succeed or fail together: when a batch holding some of them fails, the
+        call's items still queued never reach the model (they fail with the same error).
+
         Raises:
-            whatever `forward` raised for the batch these items were in.
+            whatever `forward` raised for a batch holding any of these items.
         """
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
-        self._queue.extend(zip(items, futures))
+        call = object()
+        self._queue.extend((x, f, call) for x, f in zip(items, futures, strict=True))
         if self._drainer is None:
             self._drainer = loop.create_task(self._drain())
         try:
@@ -64,22 +68,23 @@ class Batcher:
         try:
             while self._queue:
                 batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
-                batch = [(x, f) for x, f in batch if not f.done()]      # a cancelled request needs no forward
+                batch = [(x, f, c) for x, f, c in batch if not f.done()]   # a cancelled request needs no forward
                 if not batch:
                     continue
                 if self.on_batch is not None:
                     self.on_batch(len(batch))
                 try:
                     outputs = await asyncio.get_running_loop().run_in_executor(
-                        self._thread, self.forward, [x for x, _ in batch])
+                        self._thread, self.forward, [x for x, _, _ in batch])
                     if len(outputs) != len(batch):
                         raise RuntimeError(f"forward gave {len(outputs)} outputs for {len(batch)} inputs")
-                except Exception as e:  # noqa: BLE001 - the error belongs to the requests in this batch
-                    for _, f in batch:
-                        if not f.done():
+                except Exception as e:  # noqa: BLE001 - the error belongs to the calls in this batch
+                    failed = {c for _, _, c in batch}
+                    for _, f, c in [*batch, *self._queue]:
+                        if c in failed and not f.done():        # their queued rest fails now, unsent
                             f.set_exception(e)
                     continue
-                for (_, f), y in zip(batch, outputs):
+                for (_, f, _), y in zip(batch, outputs, strict=True):
                     if not f.done():
                         f.set_result(y)
         finally:

@@ -25,6 +25,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -122,7 +123,7 @@ def check_parts(body: bytes, boundary: bytes, route: Route) -> int:
         raise Refused(400, "malformed multipart body") from None
     if not p.ended:
         raise Refused(400, "multipart body ends before its closing boundary")
-    field = route.field.decode()
+    field = (route.field or b"").decode()        # multipart routes name their field
     if not p.parts:
         raise Refused(400, f"no photo: send it as a file in the field '{field}'")
     for part in p.parts:
@@ -187,7 +188,7 @@ class UploadGuard:
             while True:
                 try:        # a body trickled in slowly would hold an admission slot (slowloris)
                     msg = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise Refused(408, f"request body not received within {self.read_timeout:g} s") from None
                 if msg["type"] == "http.disconnect":
                     await self._client_gone(send)
@@ -286,7 +287,7 @@ def json_routing_errors(send):
     return wrapped
 
 
-async def reply(send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def reply(send, status: int, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps({"error": message}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.atomic import sha256_file
 from pipeline.execution import Execution
 from pipeline.face import FaceConfig
-from pipeline.preprocess import crop_from_contract
+from pipeline.preprocess import MEAN, STD, crop_from_contract
 from service.guard import Route
 
 MODEL_BATCH = 64          # most photos in one model call (batcher, /infer adaptive batching)
@@ -80,6 +80,12 @@ def _verified(ref) -> dict:
     if actual != expected:
         raise ModelError(f"faces: model {tag}: weights file {path} is corrupt: sha256 {actual}, expected "
                          f"{expected} ({path.stat().st_size} bytes); {fix}")
+    # the service normalises with the pipeline's constants: a model stored with others would be fed
+    # inputs it never saw (older models stored none)
+    for key, ours in (("mean", MEAN), ("std", STD)):
+        if key in meta and [float(v) for v in meta[key]] != [float(v) for v in ours]:
+            raise ModelError(f"faces: model {tag} was trained with {key} {meta[key]}, this service normalises "
+                             f"with {list(ours)}; serve it with the code it was trained with")
     return meta
 
 

@@ -26,8 +26,17 @@ EXTRA = {
 }
 
 
+INFO = {"title": "faces: gender and attractiveness rating from a face photo",
+        "description": ("Two CNNs trained from scratch by this project's DVC pipeline (see MODEL_CARD.md: a research "
+                        "demo of a sensitive task; do not use it to judge people). Each answer's `model` says which "
+                        "registered versions answered and which data they learnt from."),
+        "version": "0.1.0"}
+
+
 def document(spec: dict, routes: dict[str, tuple[str, ...]]) -> dict:
-    """Adds the answers named per route (status codes from EXTRA) to an OpenAPI dict."""
+    """Adds the answers named per route (status codes from EXTRA) and the service's title,
+    description and version to an OpenAPI dict."""
+    spec["info"] = {**spec.get("info", {}), **INFO}
     for path, codes in routes.items():
         post = spec.get("paths", {}).get(path, {}).get("post")
         if post is not None:

@@ -138,6 +138,10 @@ PixelBatch = Annotated[list[Pixels], Field(min_length=1, max_length=LIMITS.max_b
 class ModelVersions(BaseModel):
     gender_version: str
     rating_version: str
+    source: str = Field(description="the data the models learnt from: `synthetic` (drawn faces: the answer "
+                                    "says nothing about a real face) or a real photo set, e.g. `scut`")
+    refit: bool = Field(description="the weights learnt from every photo of the data (train + val + test); "
+                                    "their test metrics are the estimate of the same recipe trained on the split")
 
 
 class FaceBox(BaseModel):
@@ -189,7 +193,12 @@ async def index(_request) -> HTMLResponse:
     return HTMLResponse((Path(__file__).parent / "static" / "index.html").read_text())
 
 
-@bentoml.asgi_app(Starlette(routes=[Route("/", index)]), path="/")
+async def docs(_request) -> HTMLResponse:
+    """Swagger UI for /docs.json (BentoML's own page lived at /, where the demo page is now)."""
+    return HTMLResponse((Path(__file__).parent / "static" / "docs.html").read_text())
+
+
+@bentoml.asgi_app(Starlette(routes=[Route("/", index), Route("/docs", docs)]), path="/")
 # The access log's request type/length fields are off: BentoML decodes those request headers as UTF-8
 # when it logs the answer, so one non-UTF-8 byte in a Content-Type turned any answer into a dropped
 # connection with an ERROR traceback (found by bench/hardening.py's fuzz).
@@ -208,6 +217,9 @@ class Faces:
             self.models[task], self.policy = serving_model(ref.path_of("model.pt"), task, LIMITS.execution,
                                                            workers=WORKERS)
             self.versions[f"{task}_version"] = ref.info.labels.get("mlflow_version", str(ref.tag.version))
+        labels = [ref.info.labels for ref in (self.gender_ref, self.rating_ref)]
+        self.versions["source"] = "/".join(sorted({lb.get("source", "unknown") for lb in labels}))
+        self.versions["refit"] = all(lb.get("weights", "split").startswith("refit") for lb in labels)
         self.policy.apply_threads()
         self.size, self.tta_flip, self.face = LIMITS.image_size, LIMITS.tta_flip, LIMITS.face
         if self.face is not None:
@@ -255,7 +267,7 @@ class Faces:
             try:
                 out.append(await loop.run_in_executor(self.decoder, frame, im, self.size, self.face))
             except ImageError as e:
-                if e.reason == "no face":
+                if e.reason == "no face" and self.face is not None:      # only a face crop finds no face
                     which = "" if len(images) == 1 else f"photo {i + 1} of {len(images)}: "
                     raise NoFace(f"{which}no face found (faces smaller than {self.face.min_face:.0%} of the "
                                  "photo's shorter side, or turned away from the camera, are not found)") from None
@@ -277,12 +289,13 @@ class Faces:
         422 naming the photo when one has no face."""
         framed = await self._decode(images, "images")
         out = await self.batcher.run([f.pixels for f in framed])
-        return [self._result(f, *row) for f, row in zip(framed, out)]
+        return [self._result(f, *row) for f, row in zip(framed, out, strict=True)]
 
 
 PHOTO_ANSWERS = ("408", "413", "422", "503")
-Faces.add_asgi_middleware(DocsAnswers, routes={"/predict": PHOTO_ANSWERS, "/predict_batch": PHOTO_ANSWERS,
-                                               "/infer": ("408", "413", "503")})
-Faces.add_asgi_middleware(UploadGuard, routes=guard_routes(LIMITS), max_inflight=LIMITS.max_inflight,
-                          retry_after_s=LIMITS.retry_after_s, read_timeout_s=LIMITS.read_timeout_s,
-                          metrics=guard_metrics)
+# add_asgi_middleware is added to the class by @bentoml.service (mypy cannot see it)
+Faces.add_asgi_middleware(DocsAnswers, routes={"/predict": PHOTO_ANSWERS,  # type: ignore[attr-defined]
+                                               "/predict_batch": PHOTO_ANSWERS, "/infer": ("408", "413", "503")})
+Faces.add_asgi_middleware(UploadGuard, routes=guard_routes(LIMITS),  # type: ignore[attr-defined]
+                          max_inflight=LIMITS.max_inflight, retry_after_s=LIMITS.retry_after_s,
+                          read_timeout_s=LIMITS.read_timeout_s, metrics=guard_metrics)

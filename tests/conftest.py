@@ -125,6 +125,12 @@ def tiny_bundle(path: Path, task: str, size: int = 32, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = ModelConfig("convnet", (4, 8), 0.0, size)
     net = build_model(cfg, [task])
+    if task == "rating":
+        # centred on the 1-5 scale: random weights alone answer ~0, clamped to 1.0 for every photo,
+        # and a test comparing two photos' ratings would compare 1.0 with 1.0
+        with torch.no_grad():
+            net.heads["rating"].bias.fill_(3.0)
+            net.heads["rating"].weight.mul_(20.0)
     torch.save({"state_dict": net.state_dict(), "model_config": {**cfg.__dict__, "widths": list(cfg.widths)},
                 "heads": [task], "task": task}, path)
     return path
@@ -148,7 +154,7 @@ def served_models(tmp_path_factory) -> dict[str, str]:
     for task in ("gender", "rating"):
         meta = {"image_size": 32, "tta_flip": True, "serving": TEST_SERVING, "preprocess": CENTRE,
                 "execution": DEFAULT_EXECUTION}
-        bm = save_bundle(f"test-{task}", tiny_bundle(tmp / f"{task}.pt", task), {"mlflow_version": "7"}, meta)
+        bm = save_bundle(f"test-{task}", tiny_bundle(tmp / f"{task}.pt", task), {"mlflow_version": "7", "source": "synthetic", "weights": "split"}, meta)
         tags[task] = str(bm.tag)
         os.environ[f"FACES_{task.upper()}_MODEL"] = tags[task]
     return tags
@@ -227,3 +233,18 @@ def submit(page, photo, wait_for: str) -> None:
     page.set_input_files("#file", photo if isinstance(photo, dict) else str(photo))
     page.click("#go")
     page.wait_for_selector(wait_for, timeout=30_000)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """FACES_NO_SKIP=1 (.ci/run sets it): a skipped test fails, so a missing tool (Chromium,
+    schemathesis) cannot make CI green by skipping what it was meant to run. Only the `realdata`
+    tests may skip, and only where the photos are absent."""
+    outcome = yield
+    rep = outcome.get_result()
+    if not os.environ.get("FACES_NO_SKIP") or not rep.skipped or hasattr(rep, "wasxfail"):
+        return
+    if item.get_closest_marker("realdata") and not (REAL_DATA / "FaceScore.csv").is_file():
+        return
+    rep.outcome = "failed"
+    rep.longrepr = f"FACES_NO_SKIP: this test skipped ({rep.longrepr}); CI is meant to run it"

@@ -7,10 +7,9 @@ from pipeline.atomic import atomic_path, sha256_file, write_text
 def test_a_failed_write_keeps_the_old_file_and_removes_its_temp(tmp_path):
     target = tmp_path / "out.json"
     write_text(target, "old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half of the new")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half of the new")
+        raise RuntimeError("killed")
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 

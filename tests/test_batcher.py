@@ -109,3 +109,20 @@ def test_a_request_cancelled_while_queued_is_not_sent_to_the_model():
 
     first, kept, batches = asyncio.run(main())
     assert (first, kept) == ([10], [30]) and batches == [[1], [3]]
+
+
+def test_a_call_whose_batch_fails_sends_none_of_its_later_items_to_the_model():
+    async def main():
+        fwd = GatedForward(fail_on=3)
+        b = Batcher(fwd, max_batch=2)
+        first = await _busy(b, fwd, 0)
+        split = asyncio.create_task(b.run([1, 2, 3, 4, 5, 6]))      # batches [1, 2], [3, 4], [5, 6]
+        other = asyncio.create_task(b.run([7]))                      # another caller, in the last batch
+        await asyncio.sleep(0.05)
+        fwd.gate.set()
+        return await first, await asyncio.gather(split, other, return_exceptions=True), fwd.batches
+
+    first, (split, other), batches = asyncio.run(main())
+    assert first == [0] and isinstance(split, ValueError) and "bad input 3" in str(split)
+    assert other == [70]
+    assert batches == [[0], [1, 2], [3, 4], [7]]            # 5 and 6 never reached the model

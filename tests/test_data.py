@@ -27,9 +27,10 @@ def test_augment_off_is_the_identity_and_flip_mirrors_whole_images():
     x = torch.randn(8, 3, 16, 16)
     assert torch.equal(augment(x, OFF, torch.Generator().manual_seed(0)), x)
     out = augment(x, Augment(True, 0.0, 0.0, 0.0), torch.Generator().manual_seed(1))
-    for a, b in zip(out, x):
+    for a, b in zip(out, x, strict=True):
         assert torch.equal(a, b) or torch.equal(a, b.flip(2))
-    assert any(not torch.equal(a, b) for a, b in zip(out, x)) and any(torch.equal(a, b) for a, b in zip(out, x))
+    assert any(not torch.equal(a, b) for a, b in zip(out, x, strict=True)) and any(
+        torch.equal(a, b) for a, b in zip(out, x, strict=True))
 
 
 def test_shift_moves_content_within_the_reflect_padding_and_keeps_the_shape():

@@ -1,8 +1,6 @@
 import math
 
 import numpy as np
-from scipy import stats
-from sklearn import metrics as skm
 
 from pipeline.evaluate import PAPER, report
 from pipeline.metrics import compute_metrics
@@ -12,24 +10,25 @@ P = np.array([0.1, 0.6, 0.8, 0.4, 0.9, 0.2, 0.7, 0.3])
 G = np.array(["asian", "asian", "asian", "asian", "caucasian", "caucasian", "caucasian", "caucasian"])
 
 
-def test_gender_metrics_equal_scikit_learn():
+def test_gender_metrics_match_hand_computed_values():
     m = compute_metrics("gender", Y, P, G)
-    hard = (P >= 0.5).astype(int)
-    assert m["accuracy"] == skm.accuracy_score(Y, hard) == 0.75
-    assert m["roc_auc"] == skm.roc_auc_score(Y, P)
+    # thresholded at 0.5: 6 of 8 right (photo 2 and 4 wrong); AUC: of the 16 (male, female) pairs,
+    # only (0.4, 0.6) is ranked the wrong way round -> 15/16
+    assert m["accuracy"] == 0.75 and m["roc_auc"] == 15 / 16
     assert m["confusion"] == [[3, 1], [1, 3]]
     assert m["accuracy_asian"] == 0.5 and m["accuracy_caucasian"] == 1.0
 
 
-def test_rating_metrics_equal_scikit_learn_and_scipy():
+def test_rating_metrics_match_hand_computed_values():
     t = np.array([1.5, 2.0, 3.1, 4.2, 2.8, 3.3, 4.9, 1.2])
     p = np.array([1.7, 2.4, 2.9, 3.8, 3.0, 3.0, 4.1, 1.9])
     m = compute_metrics("rating", t, p, G)
-    assert math.isclose(m["mae"], skm.mean_absolute_error(t, p))
-    assert math.isclose(m["rmse"], math.sqrt(skm.mean_squared_error(t, p)))
-    assert math.isclose(m["pearson"], stats.pearsonr(t, p)[0])
-    assert math.isclose(m["spearman"], stats.spearmanr(t, p)[0])
-    assert math.isclose(m["pearson_asian"], stats.pearsonr(t[:4], p[:4])[0])
+    # |errors| .2 .4 .2 .4 .2 .3 .8 .7: sum 3.2, squares sum 1.66 over 8 photos
+    assert math.isclose(m["mae"], 0.4) and math.isclose(m["rmse"], math.sqrt(1.66 / 8))
+    # Pearson and Spearman (ties: the two 3.0 share rank 5.5) worked out by the textbook formulas
+    assert math.isclose(m["pearson"], 0.9820994230504098, rel_tol=1e-12)
+    assert math.isclose(m["spearman"], 0.9341484842923421, rel_tol=1e-12)
+    assert math.isclose(m["pearson_asian"], 0.9853189936465326, rel_tol=1e-12)
 
 
 def test_constant_prediction_has_no_correlation_rather_than_a_number():
@@ -71,3 +70,13 @@ def test_bootstrap_interval_is_a_point_for_a_perfect_model_and_brackets_the_esti
     for k in ("pearson", "mae", "rmse"):
         assert ci[k][0] < m[k] < ci[k][1], k
     assert ci["mae"][1] - ci["mae"][0] < 0.1 and ci == bootstrap_ci("rating", t, p, n=500)   # seeded
+
+
+def test_metrics_split_into_headline_and_groups_with_nothing_lost():
+    from pipeline.metrics import split_metrics
+
+    m = compute_metrics("rating", np.array([1.5, 2.0, 3.1, 4.2, 2.8, 3.3, 4.9, 1.2]),
+                        np.array([1.7, 2.4, 2.9, 3.8, 3.0, 3.0, 4.1, 1.9]), G)
+    headline, groups = split_metrics(m)
+    assert set(headline) == {"mae", "rmse", "pearson", "spearman"}
+    assert {"pearson_asian", "mae_caucasian", "n_asian"} <= set(groups) and {**headline, **groups} == m

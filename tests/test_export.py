@@ -20,6 +20,7 @@ def _run(root, tag_suffix: str) -> dict:
         (root / "reports" / "eval" / task).mkdir(parents=True, exist_ok=True)
         (root / "reports" / "eval" / task / "metrics.json").write_text(json.dumps({"run": tag_suffix}))
         (root / "reports" / "eval" / task / "report.md").write_text("# report\n")
+        (root / "reports" / "eval" / task / "groups.json").write_text("{}\n")
         meta = {"image_size": 32, "tta_flip": True, "serving": TEST_SERVING, "preprocess": CENTRE,
                 "execution": DEFAULT_EXECUTION}
         bm = save_bundle(f"exp{tag_suffix}-{task}", bundle, {"mlflow_version": "1"}, meta)
@@ -34,7 +35,7 @@ def test_export_writes_bundles_metrics_and_bentoml_exports_in_one_folder(tmp_pat
     names = {p.relative_to(tmp_path / "out").as_posix() for p in files}
     assert names == {"serving.json", "expa-gender.bentomodel", "expa-rating.bentomodel",
                      *[f"{t}/{f}" for t in ("gender", "rating") for f in ("model.pt", "history.json", "final.pt",
-                                                                         "final.json", "metrics.json", "report.md")]}
+                                                                         "final.json", "metrics.json", "groups.json", "report.md")]}
     assert json.loads((tmp_path / "out" / "serving.json").read_text()) == serving
     assert (tmp_path / "out" / "expa-rating.bentomodel").stat().st_size > 1000
 

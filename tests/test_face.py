@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
 from pipeline.config import load_params
 from pipeline.face import FaceConfig, crop_square, detect, detector_version, face_square
 from pipeline.preprocess import ImageError, crop_contract, crop_from_contract, frame, open_image
 from pipeline.synth import render_face, sample_face
+
+from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 from faces import _iou  # noqa: E402

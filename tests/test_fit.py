@@ -4,13 +4,12 @@ import pytest
 import torch
 
 from pipeline.config import load_params
-from pipeline.metrics import compute_metrics
-from pipeline.model import ModelConfig, TaskModel, build_model, predict
 from pipeline.execution import Execution, resolve, select_device
 from pipeline.fit import fit
+from pipeline.metrics import compute_metrics
+from pipeline.model import ModelConfig, TaskModel, build_model, predict
 
 from conftest import ROOT
-
 
 # the default execution policy (bf16 + channels_last where the CPU has bf16): the resume and kill
 # tests below hold bit for bit under it
@@ -109,8 +108,8 @@ def test_initial_weights_come_from_the_seed():
 
     cfg = ModelConfig("convnet", (4, 8), 0.0, 16)
     a, b, c = init_model(cfg, ["gender"], 3), init_model(cfg, ["gender"], 3), init_model(cfg, ["gender"], 4)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values(), strict=True))
 
 
 def test_ema_keeps_the_moving_average_not_the_last_weights(small_parts):

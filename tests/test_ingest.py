@@ -55,7 +55,7 @@ def test_every_bad_input_is_quarantined_with_its_reason_and_counts_reconcile(mes
     rows = read_labels(messy / "FaceScore.csv", "facescore")
     res = ingest(rows, messy / "images", size=24, max_pixels=1_000_000)
     q = res.quarantine
-    got = dict(zip(q["filename"], q["reason"]))
+    got = dict(zip(q["filename"], q["reason"], strict=True))
     dup = q[(q["filename"] == "ftw1.jpg")]
     assert dup["reason"].tolist() == ["duplicate filename (line 2 kept)"]
     for name, reason in EXPECTED_REASONS.items():

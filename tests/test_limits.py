@@ -6,11 +6,11 @@ import sys
 import bentoml
 import pytest
 
-from pipeline.package import save_bundle
 from pipeline.execution import Execution
+from pipeline.package import save_bundle
 from service.limits import Limits, ModelError, check_models, guard_routes
 
-from conftest import ROOT, TEST_SERVING, CENTRE, DEFAULT_EXECUTION, free_port, tiny_bundle, venv_env
+from conftest import CENTRE, DEFAULT_EXECUTION, ROOT, TEST_SERVING, free_port, tiny_bundle, venv_env
 
 
 def _stored(tmp_path, task, name, **meta):
@@ -30,7 +30,7 @@ def test_limits_come_from_the_models_metadata(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda bm: open(bm.path_of("model.pt"), "r+b").truncate(500), "is corrupt: sha256"),
+    (lambda bm: os.truncate(bm.path_of("model.pt"), 500), "is corrupt: sha256"),
     (lambda bm: os.remove(bm.path_of("model.pt")), "is missing"),
 ])
 def test_a_damaged_model_is_named_with_its_path_and_expected_hash(tmp_path, change, message):
@@ -53,6 +53,16 @@ def test_models_packaged_before_hashes_or_with_other_bounds_are_refused(tmp_path
     fp32 = _stored(tmp_path, "rating", "fp32-rating", execution={"precision": "fp32", "channels_last": True})
     with pytest.raises(ModelError, match="execution policy"):
         check_models({"gender": a, "rating": fp32})
+
+
+def test_a_model_stored_with_another_normalisation_is_refused(tmp_path):
+    from pipeline.preprocess import MEAN, STD
+
+    same = _stored(tmp_path, "gender", "norm-gender", mean=list(MEAN), std=list(STD))
+    check_models({"gender": same})
+    other = _stored(tmp_path, "gender", "norm2-gender", mean=[0.485, 0.456, 0.406], std=list(STD))
+    with pytest.raises(ModelError, match="trained with mean"):
+        check_models({"gender": other})
 
 
 def test_a_model_packaged_before_the_execution_policy_runs_as_it_was_scored_fp32_nchw(tmp_path):

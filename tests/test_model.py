@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.model import ARCHS, ModelConfig, TaskModel, build_model, count_params, load_bundle, predict
 from pipeline.layers import layer_table
+from pipeline.model import ARCHS, ModelConfig, TaskModel, build_model, count_params, load_bundle, predict
 
 WIDTHS = {"course": (100, 100, 100), "convnet": (8, 16, 32), "resnet": (8, 16, 32)}
 

@@ -2,8 +2,8 @@ import pytest
 from torch import nn
 
 from pipeline.config import load_params
+from pipeline.layers import CountMismatch, layer_table, to_markdown
 from pipeline.model import ModelConfig, build_model
-from pipeline.layers import layer_table, to_markdown
 from pipeline.param_report import models_in_params
 
 from conftest import ROOT
@@ -34,7 +34,7 @@ def test_a_layer_the_formulas_do_not_know_fails_loudly():
         def forward(self, x):
             return self.fc(self.p(x).flatten(1))
 
-    with pytest.raises(AssertionError, match="formula gives 0, module has 3"):
+    with pytest.raises(CountMismatch, match="formula gives 0, module has 3"):
         layer_table(Odd(), 8)
 
 

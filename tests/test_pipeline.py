@@ -30,8 +30,30 @@ def test_data_stages_run_then_report_nothing_to_do(tmp_path):
 
     mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["faces"])
-    assert sorted(runs["tags.stage"]) == ["ingest", "split", "synth", "validate"]
+    assert sorted(runs["tags.stage"]) == ["ingest", "split", "synth", "validate"]      # the check logs nothing
     assert set(runs.loc[runs["tags.stage"] == "split", "tags.data_hash"]) != {"unknown"}
+    # a params change only the split reads reruns the check (same output) and the split, nothing upstream
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["split"]["seed"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw))
+    out = run(["dvc", "repro", "split"], repo)
+    assert "Running stage 'params'" in out and "Running stage 'split'" in out
+    assert "Running stage 'ingest'" not in out and "Running stage 'validate'" not in out
+    # a typo (as `dvc exp run -S train.gender.epoch=3` writes it) fails in one line, before any stage
+    # removes its outputs
+    import subprocess
+
+    from conftest import venv_env
+
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["train"]["gender"]["epoch"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw))
+    p = subprocess.run(["dvc", "repro", "split"], cwd=repo, env=venv_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode != 0
+    assert "params: params.train.gender: unknown keys ['epoch']" in p.stdout + p.stderr
+    assert "Traceback" not in p.stdout + p.stderr
+    assert (repo / "data/ingested/images.npy").is_file() and (repo / "data/split/train.txt").is_file()
 
 
 @pytest.mark.slow
@@ -119,8 +141,8 @@ def test_full_pipeline_and_an_experiment_show_up_as_comparable_mlflow_runs(tmp_p
     _service_agrees_with_evaluate(repo)
     # a profile runs as a DVC experiment (what `make repro PROFILE=...` runs) and leaves its values in params.yaml
     (repo / "profiles" / "longer.yaml").write_text("train:\n  gender:\n    epochs: 3\n")
-    out = run([sys.executable, "-m", "pipeline.config", "--profile", "profiles/longer.yaml"], repo)
-    assert "dvc exp run -S train.gender.epochs=3" in out
+    out = run([sys.executable, "-m", "pipeline.profile", "--profile", "profiles/longer.yaml"], repo)
+    assert "dvc exp run -n longer-" in out and " -S train.gender.epochs=3" in out
     assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["gender"]["epochs"] == 3
     runs = _search_runs(mlflow_server(f"sqlite:///{repo}/mlflow.db"), "faces")
     by_task = {}
@@ -129,6 +151,8 @@ def test_full_pipeline_and_an_experiment_show_up_as_comparable_mlflow_runs(tmp_p
         metrics = {m["key"]: m["value"] for m in r["data"]["metrics"]}
         by_task.setdefault(tags["task"], []).append(metrics)
     assert len(by_task["gender"]) == 2 and len(by_task["rating"]) == 1
+    names = sorted(r["info"]["run_name"] for r in runs)
+    assert names[0] == "train-gender synthetic convnet" and names[1].startswith("train-gender synthetic convnet (longer-")
     assert all("test_accuracy" in m and "val_accuracy" in m for m in by_task["gender"])
     assert "test_pearson" in by_task["rating"][0]
 
@@ -262,7 +286,7 @@ def test_gpu_profile_runs_on_cpu_at_a_tiny_budget_and_exports_servable_models(re
     repo = copy_repo(tmp_path / "repo", {"synth": TINY["synth"]})
     tiny = [f"train.{t}.{k}={v}" for t in ("gender", "rating") for k, v in
             (("widths", "[8,16]"), ("epochs", 1), ("patience", 1), ("batch_size", 16))] + ["ingest.image_size=32"]
-    cmd = ["python", "-m", "pipeline.config", "--profile", "scut-gpu", "--data", str(photos)]
+    cmd = ["python", "-m", "pipeline.profile", "--profile", "scut-gpu", "--data", str(photos)]
     log = run(cmd + [a for s in tiny for a in ("--set", s)], repo, timeout=900)
     assert "face crop" in log and "package rating" in log
     out = tmp_path / "out"
@@ -270,7 +294,7 @@ def test_gpu_profile_runs_on_cpu_at_a_tiny_budget_and_exports_servable_models(re
     assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == {
         "serving.json", "faces-gender.bentomodel", "faces-rating.bentomodel",
         *[f"{t}/{f}" for t in ("gender", "rating") for f in ("model.pt", "history.json", "final.pt", "final.json",
-                                                             "metrics.json", "report.md")]}
+                                                             "metrics.json", "groups.json", "report.md")]}
     assert json.loads((out / "rating" / "metrics.json").read_text())["registry"]["model"] == "faces-scut-rating"
     final = json.loads((out / "rating" / "final.json").read_text())      # the profile refits on every photo
     assert final["photos"] == json.loads((repo / "reports/ingest.json").read_text())["kept"] > final["split_photos"]

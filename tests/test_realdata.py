@@ -36,11 +36,11 @@ def test_the_scut_profile_at_a_small_budget_learns_far_above_chance(real_data, t
 
     import torch
 
-    from pipeline.config import load_profile
-    from pipeline.metrics import compute_metrics
     from pipeline.execution import Execution, resolve
-    from pipeline.model import ModelConfig, inference_model, predict
     from pipeline.fit import fit, init_model
+    from pipeline.metrics import compute_metrics
+    from pipeline.model import ModelConfig, inference_model, predict
+    from pipeline.profile import load_profile
 
     from conftest import ROOT, split_parts
 

@@ -1,10 +1,11 @@
 import dataclasses
 
 import pytest
-from conftest import ROOT
 
 from pipeline.config import load_params
 from pipeline.refit import check_recipe, refit_config
+
+from conftest import ROOT
 
 
 def _cfg(**kw):
@@ -46,8 +47,8 @@ def test_estimate_summary_is_mean_and_sample_sd_over_seeds():
 
 
 def test_each_estimate_seed_changes_split_and_init_and_registers_nothing():
-    from pipeline.config import profile_overrides
     from pipeline.estimate import seed_sets
+    from pipeline.profile import profile_overrides
 
     sets = profile_overrides("scut", "/data", params=ROOT / "params.yaml", sets=seed_sets(4))
     for want in ("split.seed=4", "train.gender.seed=4", "train.rating.seed=4", "refit.enabled=false",

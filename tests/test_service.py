@@ -35,7 +35,7 @@ def test_predict_answers_gender_probability_rating_and_versions(client):
     body = r.json()
     assert body["gender"] in ("female", "male") and 0.5 <= body["gender_probability"] <= 1
     assert 1 <= body["rating"] <= 5
-    assert body["model"] == {"gender_version": "7", "rating_version": "7"}
+    assert body["model"] == {"gender_version": "7", "rating_version": "7", "source": "synthetic", "refit": False}
     assert "x-bentoml-request-id" not in r.headers          # no tracing span on /predict (service.UNTRACED)
 
 
@@ -55,6 +55,9 @@ def test_exif_rotated_photo_gives_the_same_answer_as_the_upright_one(client):
     stored.save(b, "PNG", exif=exif.tobytes())
     ra, rb = _post(client, a.getvalue(), ctype="image/png").json(), _post(client, b.getvalue(), ctype="image/png").json()
     assert ra["rating"] == pytest.approx(rb["rating"], abs=1e-5)
+    c = io.BytesIO()
+    stored.save(c, "PNG")                                 # the same stored pixels without the tag: sideways
+    assert _post(client, c.getvalue(), ctype="image/png").json()["rating"] != pytest.approx(ra["rating"], abs=1e-4)
 
 
 def _bomb() -> bytes:
@@ -175,6 +178,7 @@ def test_predict_batch_keeps_order_and_matches_predict(client):
     got = [x["rating"] for x in r.json()]
     single = [_post(client, f).json()["rating"] for f in files]
     np.testing.assert_allclose(got, single, rtol=1e-5)
+    assert np.ptp(got) > 1e-3                             # different photos, different ratings: order matters
     bad = client.post("/predict_batch", files=[("images", ("a.jpg", files[0], "image/jpeg")),
                                                ("images", ("b.jpg", b"broken", "image/jpeg"))])
     assert bad.status_code == 400 and "not an image" in bad.text
@@ -206,6 +210,8 @@ def test_infer_takes_preprocessed_pixels_and_agrees_with_predict(client):
     single = _post(client, EXAMPLE_INPUT.read_bytes()).json()
     assert rating == pytest.approx(single["rating"], abs=1e-6)
     assert max(p_male, 1 - p_male) == pytest.approx(single["gender_probability"], abs=1e-6)
+    other = client.post("/infer", json={"pixels": [encode_pixels(255 - pixels)]}).json()[0]
+    assert other[1] != pytest.approx(rating, abs=1e-4)   # the pixels reach the model: other pixels, other rating
 
 
 @pytest.mark.parametrize("method, path, status, allow", [
@@ -227,6 +233,11 @@ def test_page_health_and_openapi(client):
     assert {"/predict", "/predict_batch", "/infer"} <= set(docs["paths"])
     answer = docs["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert "gender_probability" in json.dumps(docs["components"]) and answer   # a typed answer, not a free dict
+    assert docs["info"]["title"].startswith("faces:") and docs["info"]["version"] and docs["info"]["description"]
+    swagger = client.get("/docs")                    # Swagger UI: the page BentoML had at / before the demo
+    assert swagger.status_code == 200 and "/docs.json" in swagger.text and "googletagmanager" not in swagger.text
+    asset = client.get("/static_content/swagger-ui-bundle.js")
+    assert asset.status_code == 200 and len(asset.content) > 100_000
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 37, 63, 64])

@@ -3,9 +3,9 @@ answers 422 for a photo without one, and crops exactly like ingest (pipeline/pre
 import os
 
 import pytest
+from test_face import CFG, _face, _jpeg, _scene
 
 from conftest import TEST_SERVING, serving, tiny_bundle
-from test_face import CFG, _face, _jpeg, _scene
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -29,7 +29,7 @@ def face_server(tmp_path_factory):
         shutil.copytree(_store_models_dir() / f"face-{t}", home / "models" / f"face-{t}")
     keys = ("FACES_GENDER_MODEL", "FACES_RATING_MODEL", "BENTOML_HOME")
     before = {k: os.environ.get(k) for k in keys}
-    os.environ.update(zip(keys, (saved["gender"], saved["rating"], str(home))))
+    os.environ.update(zip(keys, (saved["gender"], saved["rating"], str(home)), strict=True))
     try:
         with serving() as (url, _pid):
             yield url
@@ -80,7 +80,7 @@ def test_the_service_crops_exactly_like_ingest(face_server, tmp_path):
     from pipeline.preprocess import load_uint8
 
     def encode_pixels(a):              # service.encode_pixels; importing service.service here would
-        import base64                  # bind its module-level models to this module's face models
+        import base64  # bind its module-level models to this module's face models
 
         return base64.b64encode(a.tobytes()).decode()
 

@@ -71,11 +71,13 @@ def test_demo_page_in_headless_chromium(server, tmp_path):
         browser, page = open_demo(p, server)
         submit(page, EXAMPLE_INPUT, "#rating")
         gender, rating = page.inner_text("#gender"), float(page.inner_text("#rating"))
+        trained = page.inner_text("#trained")
         page.screenshot(path=str(tmp_path / "page.png"))
         submit(page, {"name": "bad.jpg", "mimeType": "image/jpeg", "buffer": b"junk"}, "#result.error")
         error = page.inner_text("#result")
         browser.close()
     assert gender in ("female", "male") and 1 <= rating <= 5
+    assert "synthetic (drawn) faces only" in trained           # the test models' source label
     assert "not an image" in error
 
 
@@ -96,3 +98,37 @@ def test_bentoml_build_makes_a_bento_with_both_models_offline(served_models):
     info = subprocess.run([bentoml, "get", tag, "-o", "json"], capture_output=True, text=True, check=True)
     models = {m["tag"] for s in json.loads(info.stdout)["services"] for m in s["models"]}
     assert models == set(served_models.values())
+
+
+def test_the_readme_python_client_runs_against_a_live_server(server):
+    """The README's client block, as written, against `bentoml serve` (only the URL is replaced)."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ROOT, venv_env
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- client:begin -->\s*```python\n(.*?)```\s*<!-- client:end -->", readme, re.S).group(1)
+    assert '"http://127.0.0.1:3000"' in block
+    code = block.replace('"http://127.0.0.1:3000"', repr(server))
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=venv_env(), capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    first, second = p.stdout.strip().splitlines()[-2:]
+    gender, rating = first.split()
+    assert gender in ("female", "male") and 1 <= float(rating) <= 5
+    assert f"'rating': {rating}" in second or f'"rating": {rating}' in second or rating[:5] in second
+
+
+def test_a_part_without_a_content_type_is_read_from_its_bytes_and_a_wrong_one_refused(server):
+    """What the README says of `requests`: the type may be left out; a declared non-image type is a 415."""
+    import requests
+
+    from service.service import EXAMPLE_INPUT
+
+    r = requests.post(f"{server}/predict", files={"image": ("x.jpg", EXAMPLE_INPUT.read_bytes())}, timeout=30)
+    assert r.status_code == 200, r.text
+    r = requests.post(f"{server}/predict", files={"image": ("x.jpg", EXAMPLE_INPUT.read_bytes(), "text/plain")},
+                      timeout=30)
+    assert r.status_code == 415, r.text

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from pipeline.split import check_disjoint, official, read_official, stratified, strata
+from pipeline.split import SplitLeak, check_disjoint, official, read_official, strata, stratified
 
 
 def _meta(n=400):
@@ -40,5 +40,5 @@ def test_official_split_keeps_membership_and_carves_val_from_train(tmp_path):
 
 
 def test_a_name_in_two_parts_is_refused():
-    with pytest.raises(AssertionError, match="ftw1.jpg is in both train and test"):
+    with pytest.raises(SplitLeak, match="ftw1.jpg is in both train and test"):
         check_disjoint({"train": ["ftw1.jpg"], "val": [], "test": ["ftw1.jpg"]})

@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +36,20 @@ def test_stage_run_logs_params_metrics_tags_and_dataset(params, tmp_path):
     assert mlflow.get_experiment(run.info.experiment_id).name == params.tracking.experiment
 
 
+def test_runs_are_named_by_stage_source_arch_and_dvc_experiment(params, monkeypatch):
+    import mlflow
+
+    with tracking.stage_run(params, "train-rating", tags={"arch": "convnet"}) as run_id:
+        pass
+    assert mlflow.get_run(run_id).info.run_name == "train-rating synthetic convnet"
+    monkeypatch.setenv("DVC_EXP_NAME", "scut-20261201-1830")
+    with tracking.stage_run(params, "split") as run_id:
+        pass
+    run = mlflow.get_run(run_id)
+    assert run.info.run_name == "split synthetic (scut-20261201-1830)"
+    assert run.data.tags["dvc_experiment"] == "scut-20261201-1830" and run.data.tags["source"] == "synthetic"
+
+
 def test_data_hash_without_a_lock_file(tmp_path):
     assert tracking.data_hash(tmp_path / "dvc.lock") == "unknown"
 
@@ -44,8 +59,9 @@ def test_champion_moves_only_when_beaten_on_the_same_test_split(params, tmp_path
     import mlflow
     from mlflow import MlflowClient
 
-    from conftest import tiny_bundle
     from pipeline.model import TaskModel, load_bundle
+
+    from conftest import tiny_bundle
 
     tracking.setup(params)
     images = np.zeros((2, 32, 32, 3), np.uint8)
@@ -78,8 +94,9 @@ def test_champion_downloads_the_refit_when_its_run_has_one_else_the_split_bundle
     import mlflow
     from mlflow import MlflowClient
 
-    from conftest import tiny_bundle
     from pipeline.model import TaskModel, load_bundle
+
+    from conftest import tiny_bundle
 
     tracking.setup(params)
     images = np.zeros((2, 32, 32, 3), np.uint8)
@@ -95,7 +112,7 @@ def test_champion_downloads_the_refit_when_its_run_has_one_else_the_split_bundle
         got = tracking.champion(params, "t-rating", ["final/final.pt", "bundle/model.pt"], tmp_path / f"d{seed}")
         want = final if refit else split
         assert got["artifact"] == ("final/final.pt" if refit else "bundle/model.pt")
-        assert open(got["path"], "rb").read() == want.read_bytes()
+        assert Path(got["path"]).read_bytes() == want.read_bytes()
     MlflowClient().set_registered_model_alias("t-rating", "champion", "1")
     with pytest.raises(FileNotFoundError, match="has no artifact"):
         tracking.champion(params, "t-rating", ["final/final.pt", "nothing/model.pt"], tmp_path / "e")

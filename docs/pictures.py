@@ -1,0 +1,86 @@
+"""Regenerates the README's pictures from a finished run (`make pictures`, after `make repro PROFILE=scut ...`).
+
+    python docs/pictures.py [--root .] [--photo service/example.jpg]
+
+Copies the run's plots (rating scatter, gender confusion matrix, both training curves) into docs/
+as results-*.png, and takes a screenshot of the demo page: `bentoml serve` of models/serving.json on
+a free loopback port, Debian's headless Chromium (Playwright), one photo uploaded. Plots and the
+page show no face from the licensed data set: the upload is the project's own drawn example.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PLOTS = {"reports/eval/rating/scatter.png": "results-scatter.png",
+         "reports/eval/gender/confusion.png": "results-confusion.png",
+         "reports/eval/rating/curves.png": "results-curves-rating.png",
+         "reports/eval/gender/curves.png": "results-curves-gender.png"}
+
+
+def copy_plots(root: Path, docs: Path) -> list[Path]:
+    out = []
+    for src, name in PLOTS.items():
+        tmp = docs / f".{name}.tmp"
+        shutil.copyfile(root / src, tmp)
+        out.append(tmp.rename(docs / name))
+    return out
+
+
+def demo_screenshot(root: Path, photo: Path, target: Path) -> Path:
+    """The demo page with `photo`'s answer, served from root's models/serving.json, as a PNG."""
+    from playwright.sync_api import sync_playwright
+
+    serving = json.loads((root / "models/serving.json").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "FACES_GENDER_MODEL": serving["gender"]["tag"], "FACES_RATING_MODEL": serving["rating"]["tag"]}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", "service.service:Faces",
+                             "--host", "127.0.0.1", "--port", str(port)], cwd=root, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):                                  # at most 60 s to start
+            try:
+                if urllib.request.urlopen(f"{url}/readyz", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"),
+                                        args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 900, "height": 700})
+            page.goto(url + "/")
+            page.set_input_files("#file", str(photo))
+            page.click("#go")
+            page.wait_for_selector("#rating", timeout=30_000)
+            page.screenshot(path=str(target), full_page=True)
+            browser.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    return target
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Regenerate the README's pictures from a finished run")
+    ap.add_argument("--root", type=Path, default=ROOT)
+    ap.add_argument("--photo", type=Path, default=ROOT / "service/example.jpg")
+    args = ap.parse_args()
+    for path in [*copy_plots(args.root, ROOT / "docs"), demo_screenshot(args.root, args.photo, ROOT / "docs/demo-page.png")]:
+        print(f"pictures: {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
