@@ -38,7 +38,8 @@ def copy_plots(root: Path, docs: Path) -> list[Path]:
 
 
 def demo_screenshot(root: Path, photo: Path, target: Path) -> Path:
-    """The demo page with `photo`'s answer, served from root's models/serving.json, as a PNG."""
+    """The demo page with `photo`'s answer, as a PNG: this tree's service, serving the models that
+    root's models/serving.json names (from the BentoML store in BENTOML_HOME)."""
     from playwright.sync_api import sync_playwright
 
     serving = json.loads((root / "models/serving.json").read_text())
@@ -47,7 +48,7 @@ def demo_screenshot(root: Path, photo: Path, target: Path) -> Path:
         port = s.getsockname()[1]
     env = {**os.environ, "FACES_GENDER_MODEL": serving["gender"]["tag"], "FACES_RATING_MODEL": serving["rating"]["tag"]}
     proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", "service.service:Faces",
-                             "--host", "127.0.0.1", "--port", str(port)], cwd=root, env=env,
+                             "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,   # this code
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
