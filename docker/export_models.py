@@ -23,7 +23,8 @@ def export(serving: Path, dest: Path) -> list[str]:
         child.unlink()
     for tag in tags:
         model = bentoml.models.get(tag)
-        tmp = dest / f".{model.tag.name}.bentomodel.tmp"
+        # an absolute path ending in .bentomodel: BentoML resolves others against / or appends the suffix
+        tmp = dest.resolve() / f".{model.tag.name}.tmp.bentomodel"
         bentoml.models.export_model(tag, str(tmp))
         tmp.rename(dest / f"{model.tag.name}.bentomodel")      # a killed export leaves no half archive
     return tags
