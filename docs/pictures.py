@@ -14,14 +14,11 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))             # bench/serve.py: start `bentoml serve` and wait for /readyz
 PLOTS = {"reports/eval/rating/scatter.png": "results-scatter.png",
          "reports/eval/gender/confusion.png": "results-confusion.png",
          "reports/eval/rating/curves.png": "results-curves-rating.png",
@@ -38,26 +35,15 @@ def copy_plots(root: Path, docs: Path) -> list[Path]:
 
 
 def demo_screenshot(root: Path, photo: Path, target: Path) -> Path:
-    """The demo page with `photo`'s answer, as a PNG: this tree's service, serving the models that
-    root's models/serving.json names (from the BentoML store in BENTOML_HOME)."""
+    """The demo page with `photo`'s answer, as a PNG: this tree's service (bench/serve.py's `serve`),
+    serving the models that root's models/serving.json names (from the store in BENTOML_HOME)."""
     from playwright.sync_api import sync_playwright
+    from serve import serve
 
     serving = json.loads((root / "models/serving.json").read_text())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "FACES_GENDER_MODEL": serving["gender"]["tag"], "FACES_RATING_MODEL": serving["rating"]["tag"]}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", "service.service:Faces",
-                             "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,   # this code
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    os.environ.update(FACES_GENDER_MODEL=serving["gender"]["tag"], FACES_RATING_MODEL=serving["rating"]["tag"])
+    proc, url = serve(ROOT)
     try:
-        for _ in range(120):                                  # at most 60 s to start
-            try:
-                if urllib.request.urlopen(f"{url}/readyz", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=shutil.which("chromium"),
                                         args=["--headless", "--no-sandbox", "--disable-gpu"])

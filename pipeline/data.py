@@ -34,7 +34,10 @@ class Part:
         return len(self.meta)
 
 
-def load_parts(ingested: Path, split_dir: Path, parts=("train", "val", "test")) -> dict[str, Part]:
+PARTS = ("train", "val", "test")           # the split stage's file lists, <part>.txt
+
+
+def load_parts(ingested: Path, split_dir: Path, parts=PARTS) -> dict[str, Part]:
     """Reads images.npy once and slices it by the split's file lists (copies: the parts are small)."""
     meta = pd.read_parquet(ingested / "meta.parquet")
     images = np.load(ingested / "images.npy", mmap_mode="r")

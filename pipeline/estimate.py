@@ -18,12 +18,11 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from pipeline.atomic import write_text
 from pipeline.config import ParamsError
-from pipeline.profile import profile_overrides
+from pipeline.profile import exp_command, exp_name, profile_overrides
 
 HEADLINE = {"gender": ("accuracy",), "rating": ("pearson", "mae", "rmse")}
 
@@ -64,8 +63,7 @@ def main() -> None:
             sets = profile_overrides(args.profile, args.data or None, sets=[*args.set, *seed_sets(seed)])
         except (OSError, ParamsError) as e:
             sys.exit(f"estimate: {e}")
-        name = f"{Path(args.profile).stem}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-        cmd = ["dvc", "exp", "run", "-n", name] + [a for s in sets for a in ("-S", s)]
+        cmd = exp_command(exp_name(f"{Path(args.profile).stem}-seed{seed}"), sets)
         print(f"estimate: seed {seed}: {' '.join(cmd)}", flush=True)
         if subprocess.call(cmd) != 0:
             sys.exit(f"estimate: seed {seed} failed; {args.out} has the seeds before it")

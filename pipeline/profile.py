@@ -78,6 +78,16 @@ def profile_overrides(profile: str | Path, data: str | None = None,
     return flat_overrides(over)
 
 
+def exp_command(name: str, sets: Sequence[str]) -> list[str]:
+    """`dvc exp run -n <name> -S k=v ...`: one named DVC experiment with these overrides."""
+    return ["dvc", "exp", "run", "-n", name] + [a for s in sets for a in ("-S", s)]
+
+
+def exp_name(stem: str) -> str:
+    """An experiment name that a rerun does not collide with: `<stem>-<date>-<time>`."""
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="Run the pipeline as a DVC experiment with a params profile")
     ap.add_argument("--profile", default="", help="name in profiles/ (e.g. scut) or a YAML path")
@@ -95,8 +105,7 @@ def main() -> None:
         sets = profile_overrides(args.profile, args.data or None, sets=args.set)
     except (OSError, ParamsError) as e:
         sys.exit(f"profile: {e}")
-    name = args.name or f"{Path(args.profile).stem or 'params'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    cmd = ["dvc", "exp", "run", "-n", name] + [a for s in sets for a in ("-S", s)]
+    cmd = exp_command(args.name or exp_name(Path(args.profile).stem or "params"), sets)
     print(" ".join(cmd), flush=True)
     if not args.dry_run:
         sys.exit(subprocess.call(cmd))

@@ -30,12 +30,10 @@ import torch
 
 from pipeline.atomic import atomic_path, sha256_file, write_text
 from pipeline.config import TaskConfig
-from pipeline.data import load_parts, merge_parts
+from pipeline.data import PARTS, load_parts, merge_parts
 from pipeline.execution import Execution, policy_dict, resolve, select_device
 from pipeline.fit import fit, init_model
 from pipeline.model import ModelConfig, make_bundle
-
-PARTS = ("train", "val", "test")                 # the split stage's file lists
 
 
 def refit_config(cfg: TaskConfig, n_train: int, n_all: int, budget: str) -> TaskConfig:

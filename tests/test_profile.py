@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import pytest
 import yaml
@@ -7,14 +6,6 @@ from pipeline.config import ParamsError
 from pipeline.profile import profile_overrides
 
 from conftest import ROOT
-
-
-def _write(tmp_path: Path, mutate) -> Path:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    mutate(raw)
-    p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump(raw))
-    return p
 
 
 def test_the_scut_profile_merges_into_valid_params_and_data_replaces_the_path():
