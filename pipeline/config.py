@@ -97,6 +97,7 @@ class TaskConfig:
 class TrainConfig:
     device: Literal["auto", "cpu", "cuda"]
     threads: int                   # CPU threads; 0 = all cores
+    nproc: int                     # > 1: data-parallel under torchrun, this many processes (pipeline/distributed.py)
     precision: Literal["auto", "fp32", "bf16"]   # auto: bf16 autocast where native (pipeline/execution.py)
     channels_last: bool            # NHWC memory format for the convolutions
     gender: TaskConfig

@@ -64,27 +64,31 @@ class Augment:
     contrast: float     # max relative change around each image's mean
 
 
-def augment(x: torch.Tensor, cfg: Augment, gen: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, cfg: Augment, gen: torch.Generator, draw: tuple[int, torch.Tensor] | None = None
+            ) -> torch.Tensor:
     """Random flip / shift / brightness / contrast on a normalised batch (B, 3, S, S).
 
     Works after normalisation: brightness and contrast are affine, so they commute with it (the
-    brightness step is scaled by 1/std).
+    brightness step is scaled by 1/std). `draw = (n, positions)`: x holds rows `positions` of a batch
+    of n; the random numbers are drawn for all n and these rows take theirs, so a data-parallel rank
+    augments its slice exactly as one process augments the whole batch (pipeline/distributed.py).
     """
     b, _, s, _ = x.shape
+    n, pos = draw if draw is not None else (b, slice(None))
     if cfg.flip:
-        flip = torch.rand(b, generator=gen) < 0.5
+        flip = (torch.rand(n, generator=gen) < 0.5)[pos]
         x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
     if cfg.shift > 0:
         pad = max(1, int(round(cfg.shift * s)))
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
-        dx, dy = torch.randint(0, 2 * pad + 1, (2, b), generator=gen)
+        dx, dy = torch.randint(0, 2 * pad + 1, (2, n), generator=gen)[:, pos]
         x = shift_crop(padded, dx, dy, s)
     if cfg.contrast > 0:
-        c = 1 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * cfg.contrast
+        c = 1 + (torch.rand(n, 1, 1, 1, generator=gen)[pos] * 2 - 1) * cfg.contrast
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = (x - mean) * c + mean
     if cfg.brightness > 0:
-        x = x + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * cfg.brightness / 0.5   # std = 0.5
+        x = x + (torch.rand(n, 1, 1, 1, generator=gen)[pos] * 2 - 1) * cfg.brightness / 0.5   # std = 0.5
     return x
 
 
@@ -100,8 +104,12 @@ def shift_crop(padded: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, s: int)
 
 def batches(part: Part, batch_size: int, gen: torch.Generator | None = None):
     """Yields (index tensor, normalised images) over `part`, shuffled when a generator is given."""
-    n = len(part)
+    for idx in batch_indices(len(part), batch_size, gen):
+        yield idx, to_tensor(part.images[idx.numpy()])
+
+
+def batch_indices(n: int, batch_size: int, gen: torch.Generator | None = None):
+    """Yields the row indices of each batch of n rows, shuffled when a generator is given."""
     order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
     for i in range(0, n, batch_size):
-        idx = order[i:i + batch_size]
-        yield idx, to_tensor(part.images[idx.numpy()])
+        yield order[i:i + batch_size]

@@ -25,14 +25,17 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import data as data_module
+from pipeline import distributed
 from pipeline import execution as execution_module
 from pipeline import model as model_module
 from pipeline.atomic import atomic_path
 from pipeline.config import TaskConfig
-from pipeline.data import Augment, Part, augment, batches
+from pipeline.data import Augment, Part, augment, batch_indices
+from pipeline.distributed import World
 from pipeline.execution import Policy
 from pipeline.metrics import MAIN_METRIC, compute_metrics
 from pipeline.model import ModelConfig, TaskModel, build_model, predict
+from pipeline.preprocess import to_tensor
 from pipeline.tasks import TASKS
 
 LOSSES = {"cross_entropy": nn.CrossEntropyLoss(), "l1": nn.L1Loss(), "huber": nn.HuberLoss(delta=0.5),
@@ -64,12 +67,12 @@ def _loss_fns(task: str, cfg: TaskConfig) -> dict[str, tuple[nn.Module, float]]:
     return out
 
 
-def fingerprint(cfg: TaskConfig, parts: dict[str, Part], heads: list[str], policy: Policy) -> str:
+def fingerprint(cfg: TaskConfig, parts: dict[str, Part], heads: list[str], policy: Policy, processes: int = 1) -> str:
     """Identifies config + data + the training code + how it runs (device, precision, memory format:
     each changes the numbers); a checkpoint is resumed only when this matches."""
     code = [Path(str(m.__file__)).read_text() for m in (sys.modules[__name__], data_module, model_module,
                                                    execution_module)]
-    how = {k: v for k, v in policy.describe().items() if k != "threads"}
+    how = {k: v for k, v in policy.describe().items() if k != "threads"} | {"processes": processes}
     key = json.dumps([dataclasses.asdict(cfg), heads, {p: list(v.meta["filename"]) for p, v in parts.items()},
                       parts["train"].images.shape, code, how], sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -94,15 +97,16 @@ def _ema(net: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | 
 
 
 def train_step(net, x: torch.Tensor, targets: dict[str, torch.Tensor], losses, opt, sched, policy: Policy,
-               ema=None) -> torch.Tensor:
+               ema=None, weight: float = 1.0) -> torch.Tensor:
     """One optimizer step on an augmented batch x (B, 3, S, S) -> the loss (a 0-d tensor, not yet
-    synchronised: reading it is the caller's choice). The step bench/train.py times."""
+    synchronised: reading it is the caller's choice). The step bench/train.py times. `weight` scales
+    the loss that is back-propagated (a data-parallel rank's share, distributed.shard)."""
     x = policy.input(x)                                           # channels_last where the policy says
     with policy.autocast():                                       # bf16 convolutions where native
         out = net(x)
         loss = sum(w * fn(out[h].float(), targets[h].to(policy.device)) for h, (fn, w) in losses.items())
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * weight if weight != 1.0 else loss).backward()
     opt.step()
     sched.step()
     if ema is not None:
@@ -110,19 +114,26 @@ def train_step(net, x: torch.Tensor, targets: dict[str, torch.Tensor], losses, o
     return loss.detach()
 
 
-def _train_epoch(net, part, cfg, losses, opt, sched, gen, policy: Policy, desc, ema=None) -> float:
+def _train_epoch(net, part, cfg, losses, opt, sched, gen, policy: Policy, desc, ema=None, w: World = World()
+                 ) -> float:
+    """One pass over `part` in global batches of cfg.batch_size -> the mean training loss. Under DDP
+    every rank draws the same order and augmentation and trains on its slice of each batch."""
     net.train()
     targets = {h: part.targets(h) for h in losses}
     aug = Augment(**dataclasses.asdict(cfg.augment))
     total, seen = 0.0, 0
-    bar = tqdm(batches(part, cfg.batch_size, gen), total=-(-len(part) // cfg.batch_size), desc=desc, leave=False, disable=None)
-    for idx, x in bar:
-        loss = train_step(net, augment(x, aug, gen), {h: t[idx] for h, t in targets.items()}, losses, opt, sched,
-                          policy, ema)
-        total += loss.item() * len(idx)
-        seen += len(idx)
-        bar.set_postfix(loss=f"{total / seen:.4f}")
-    return total / seen
+    bar = tqdm(batch_indices(len(part), cfg.batch_size, gen), total=-(-len(part) // cfg.batch_size), desc=desc,
+               leave=False, disable=None if w.main else True)
+    for idx in bar:
+        pos, weight = distributed.shard(len(idx), w)
+        rows = idx[pos]
+        x = augment(to_tensor(part.images[rows.numpy()]), aug, gen, (len(idx), pos))
+        loss = train_step(net, x, {h: t[rows] for h, t in targets.items()}, losses, opt, sched, policy, ema, weight)
+        if weight:
+            total += loss.item() * len(rows)
+            seen += len(rows)
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+    return distributed.mean(total, seen, w)
 
 
 def _save_checkpoint(path: Path, fp: str, net, opt, sched, gen, state: dict, finished: bool = False,
@@ -156,9 +167,17 @@ def _rank(metric: float) -> float:
     return -float("inf") if math.isnan(metric) else metric
 
 
+def _report(task: str, record: dict, metric: float | None, kept: bool, on_epoch) -> None:
+    shown = f"  val {MAIN_METRIC[task]} {metric:.4f}" if metric is not None else ""
+    print(f"{task} epoch {record['epoch']:3d}  loss {record['train_loss']:.4f}{shown}  ({record['seconds']:.1f} s)"
+          + ("  *kept" if kept else ""), flush=True)
+    if on_epoch:
+        on_epoch(record)
+
+
 def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, policy: Policy,
         checkpoint: Path | None = None, on_epoch: Callable[[dict], None] | None = None,
-        stop_after: int | None = None) -> FitResult:
+        stop_after: int | None = None, w: World | None = None) -> FitResult:
     """Trains `net` (heads: task + cfg.aux_tasks) on parts['train'] and keeps the weights `cfg.select`
     names: the epoch best on parts['val'] (early-stopped after `patience` epochs without a better one)
     or the last epoch's. Without a 'val' part (a refit on every photo) nothing is validated and the
@@ -169,17 +188,23 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, poli
         checkpoint: saved after every epoch and resumed from when its fingerprint matches.
         on_epoch: called with each epoch's record (the stage logs it to MLflow).
         stop_after: stop after this many epochs of this call, as an interruption would (tests).
+        w: this process's rank under torchrun (default: from the environment; one process: rank 0 of 1).
+            Every rank trains its slice of each batch (DDP); only rank 0 validates, reports and saves.
     """
-    torch.manual_seed(cfg.seed)
+    w = w or distributed.world()
+    torch.manual_seed(cfg.seed + w.rank)                          # dropout: each rank its own stream
     losses = _loss_fns(task, cfg)
     policy.model(net)                                             # before the optimizer takes its parameters
+    net = distributed.sync_batchnorm(net, policy.device, w)
+    step_net = net if w.size == 1 else torch.nn.parallel.DistributedDataParallel(
+        net, device_ids=[policy.device.index] if policy.device.type == "cuda" else None)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * -(-len(parts["train"]) // cfg.batch_size)
     sched = _schedule(cfg, opt, steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     ema = _ema(net, cfg.ema)
     judged = ema.module if ema is not None else net               # what validation scores and we keep
-    fp = fingerprint(cfg, parts, list(losses), policy)
+    fp = fingerprint(cfg, parts, list(losses), policy, w.size)
     state: dict[str, Any] = {"epoch": 0, "best_metric": -float("inf"), "best_epoch": 0, "bad": 0, "history": [],
              "best_state": copy.deepcopy(judged.state_dict())}
     ck = _read_checkpoint(checkpoint, policy.device)
@@ -198,12 +223,15 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, poli
     while state["epoch"] < cfg.epochs and state["bad"] < cfg.patience:
         t0 = time.time()
         epoch = state["epoch"] + 1
-        loss = _train_epoch(net, parts["train"], cfg, losses, opt, sched, gen, policy, f"{task} epoch {epoch}", ema)
+        loss = _train_epoch(step_net, parts["train"], cfg, losses, opt, sched, gen, policy, f"{task} epoch {epoch}",
+                            ema, w)
         record = {"epoch": epoch, "train_loss": loss, "lr": sched.get_last_lr()[0]}
         metric = float("nan")
-        if val is not None:
-            pred = predict(TaskModel(judged, task), val.images, policy=policy)
-            metric = compute_metrics(task, val.targets(task).numpy(), pred)[MAIN_METRIC[task]]
+        if val is not None:                                       # rank 0 validates; all ranks act on it
+            if w.main:
+                pred = predict(TaskModel(judged, task), val.images, policy=policy)
+                metric = compute_metrics(task, val.targets(task).numpy(), pred)[MAIN_METRIC[task]]
+            metric = distributed.broadcast(metric, w)
             record[f"val_{MAIN_METRIC[task]}"] = metric
         record["seconds"] = time.time() - t0
         # NaN (a constant prediction: no correlation) ranks below every number, and the first epoch is
@@ -214,16 +242,13 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, poli
             state["bad"] += 1
         state["epoch"] = epoch
         state["history"].append(record)
-        shown = f"  val {MAIN_METRIC[task]} {metric:.4f}" if val is not None else ""
-        print(f"{task} epoch {epoch:3d}  loss {loss:.4f}{shown}  ({record['seconds']:.1f} s)"
-              + ("  *kept" if state["best_epoch"] == epoch else ""), flush=True)
-        if on_epoch:
-            on_epoch(record)
-        if checkpoint:
-            _save_checkpoint(checkpoint, fp, net, opt, sched, gen, state, ema=ema)
+        if w.main:
+            _report(task, record, metric if val is not None else None, state["best_epoch"] == epoch, on_epoch)
+            if checkpoint:
+                _save_checkpoint(checkpoint, fp, net, opt, sched, gen, state, ema=ema)
         ran += 1
         if stop_after is not None and ran >= stop_after and state["epoch"] < cfg.epochs:
             return FitResult(state["best_state"], state["best_epoch"], state["best_metric"], state["history"], False)
-    if checkpoint:
+    if checkpoint and w.main:
         _save_checkpoint(checkpoint, fp, net, opt, sched, gen, state, finished=True, ema=ema)
     return FitResult(state["best_state"], state["best_epoch"], state["best_metric"], state["history"])

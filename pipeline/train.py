@@ -7,16 +7,22 @@ Writes `<out>/model.pt` (state_dict + config, loads with `torch.load(weights_onl
 `<out>/history.json` (per-epoch curves, DVC plots), `<out>/run.json` (the MLflow run that the
 evaluate and refit stages continue) and `<out>/checkpoint.pt` after every epoch: an interrupted run
 resumes from it when the config and data are unchanged, and starts over otherwise (pipeline/fit.py).
+
+With `train.nproc > 1` the command re-executes itself under `torchrun --standalone` as that many
+data-parallel processes (pipeline/distributed.py); rank 0 alone logs to MLflow and writes the files.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from pipeline import distributed
 from pipeline.atomic import atomic_path, write_text
 from pipeline.config import TaskConfig
 from pipeline.data import load_parts
@@ -35,24 +41,51 @@ def main() -> None:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
-    from pipeline import tracking
     from pipeline.config import load_params
 
     params = load_params(args.params)
+    if params.train.nproc > 1 and not distributed.under_torchrun():      # dvc repro's command, nproc > 1
+        os.execv(sys.executable, distributed.torchrun_argv(params.train.nproc, "pipeline.train", sys.argv[1:]))
+    try:
+        _train(args, params)
+    finally:
+        distributed.shutdown()
+
+
+def _device(pref: str, w: distributed.World) -> torch.device:
+    """The device of this rank: its own GPU (LOCAL_RANK) under torchrun on CUDA."""
+    device = select_device(pref)
+    if device.type == "cuda" and w.size > 1:
+        device = torch.device("cuda", w.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def _train(args, params) -> None:
+    from pipeline import tracking
+
     cfg: TaskConfig = getattr(params.train, args.task)
     execution = Execution(params.train.precision, params.train.channels_last)
-    policy = resolve(execution, select_device(params.train.device), params.train.threads)
+    w = distributed.world()
+    # each rank takes its share of the cores (2 ranks on 2 cores: 1 thread each)
+    policy = resolve(execution, _device(params.train.device, w), params.train.threads,
+                     workers=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     policy.apply_threads()
+    w = distributed.init(policy.device)
     parts = load_parts(args.data, args.split, ("train", "val"))
     heads = [args.task, *cfg.aux_tasks]
     mcfg = ModelConfig(cfg.arch, cfg.widths, cfg.dropout, params.ingest.image_size)
     net = init_model(mcfg, heads, cfg.seed)
+    if not w.main:                      # a helper rank: its slice of every batch, no files, no MLflow
+        fit(net, parts, args.task, cfg, policy, args.out / "checkpoint.pt", w=w)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
-    tags = {"task": args.task, "arch": cfg.arch, "source": params.ingest.source, **policy.describe()}
+    tags = {"task": args.task, "arch": cfg.arch, "source": params.ingest.source, **policy.describe(),
+            "processes": str(w.size)}
     with tracking.stage_run(params, f"train-{args.task}", cfg, tags, system_metrics=True) as run_id:
         t0 = time.time()
         res = fit(net, parts, args.task, cfg, policy, args.out / "checkpoint.pt",
-                  on_epoch=lambda r: tracking.log_metrics(r, step=r["epoch"]))
+                  on_epoch=lambda r: tracking.log_metrics(r, step=r["epoch"]), w=w)
         net.load_state_dict(res.best_state)
         seconds = time.time() - t0
         trained_on = {"parts": ["train"], "photos": len(parts["train"]), "epochs": len(res.history),
@@ -68,7 +101,7 @@ def main() -> None:
         tracking.log_artifacts([args.out / "model.pt"], "bundle")   # what package.py hands to BentoML
     run = {"run_id": run_id, "model_uri": uri, "train_seconds": round(seconds, 1)}
     write_text(args.out / "run.json", json.dumps(run) + "\n")
-    print(f"train {args.task}: kept val {MAIN_METRIC[args.task]} {res.best_metric:.4f} at epoch "
+    print(f"train {args.task} ({w.size} process{'es' if w.size > 1 else ''}): kept val {MAIN_METRIC[args.task]} {res.best_metric:.4f} at epoch "
           f"{res.best_epoch}/{len(res.history)} (select {cfg.select}) in {seconds:.0f} s on {policy.device.type} "
           f"({policy.describe()['precision']}, {policy.describe()['memory_format']})")
 

@@ -1,0 +1,58 @@
+"""Helper of tests/test_distributed.py (not a test): one `fit` on a fixed tiny set, run either as one
+process or under torchrun; rank 0 saves the final weights and history to argv[1].
+
+    python tests/ddp_fit.py OUT ARCH...
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_fit.py OUT ARCH...
+"""
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline import distributed
+from pipeline.config import load_params
+from pipeline.data import Part
+from pipeline.execution import Execution, resolve
+from pipeline.fit import fit, init_model
+from pipeline.model import ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_parts(n_train: int = 97, n_val: int = 40, size: int = 16) -> dict[str, Part]:
+    """Random faces whose mean brightness carries the rating: learnable in a few steps. 97 training
+    rows in batches of 32 end with a batch of one, which leaves the second rank without rows."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, n in (("train", n_train), ("val", n_val)):
+        rating = rng.uniform(1, 5, n)
+        images = (rng.uniform(0, 1, (n, size, size, 3)) * 128 + rating[:, None, None, None] * 25).astype(np.uint8)
+        meta = pd.DataFrame({"filename": [f"{name}{i}.jpg" for i in range(n)], "rating": rating,
+                             "gender": np.where(rating > 3, "m", "f"), "group": "asian"})
+        out[name] = Part(images, meta)
+    return out
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    torch.set_num_threads(1)
+    w = distributed.init(torch.device("cpu"))
+    base = load_params(ROOT / "params.yaml").train.rating
+    policy = resolve(Execution("fp32", False), torch.device("cpu"), threads=1)   # fp32: no bf16 rounding noise
+    for arch in sys.argv[2:]:
+        # no dropout: its masks are drawn per rank; augmentation stays on (drawn for the global batch)
+        cfg = dataclasses.replace(base, arch=arch, widths=(8, 16), dropout=0.0, epochs=4, batch_size=32, lr=0.01,
+                                  patience=100, select="last", ema=0.0)
+        net = init_model(ModelConfig(arch, cfg.widths, cfg.dropout, 16), ["rating"], cfg.seed)
+        res = fit(net, tiny_parts(), "rating", cfg, policy, w=w)
+        if w.main:
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save({"state": res.best_state, "history": res.history, "world": w.size}, out / f"{arch}.pt")
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()
