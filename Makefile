@@ -32,9 +32,12 @@ SERVING = models/serving.json
 ST_VENV := .venv-st
 ST := $(ST_VENV)/bin/st
 SCHEMATHESIS := 4.32.5
+K8S_VENV := .venv-k8s
+K8S := $(K8S_VENV)/bin/kubernetes-validate
+KUBERNETES_VALIDATE := 1.37.0
 tag = $(shell $(BIN)/python -c 'import json; print(json.load(open("$(SERVING)"))["$(1)"]["tag"])')
 
-.PHONY: help install repro test lint compare ui serve build docker-context container-test bench bench-train estimate gpu-train hardening faces pictures st lock clean
+.PHONY: help install repro test lint compare ui serve build docker-context container-test compose-test push pull tracking-server k8s-tools bench bench-train bench-ddp estimate gpu-train hardening faces pictures st lock clean
 help:  ## this list
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 24
 
@@ -60,6 +63,28 @@ estimate: install  ## PROFILE under SEEDS (own split + init each, refit off): me
 gpu-train: install  ## profiles/scut-gpu.yaml (one GPU, <= 10 min): models, metrics, BentoML exports -> GPU_OUT
 	python -m pipeline.profile --profile scut-gpu --data '$(or $(DATA),../shared/data/facescore)' $(foreach s,$(SET),--set '$(s)')
 	python -m pipeline.export --serving $(SERVING) --out '$(GPU_OUT)'
+
+push: install  ## the DVC cache (data, models, BentoML archives) to the remote in .dvc/config (S3; keys from the env)
+	dvc push
+
+pull: install  ## a second machine: `dvc pull`, then the champions' archives into BENTOML_HOME; `dvc repro` reruns nothing
+	dvc pull
+	python -m pipeline.package --import models/bento
+
+tracking-server: install  ## S3 API + PostgreSQL + mlflow server on loopback (deploy/stack.py); prints the env to export
+	python deploy/stack.py
+
+k8s-tools: $(K8S)  ## kubernetes-validate in .venv-k8s (tests/test_deploy.py validates deploy/k8s with it)
+
+$(K8S):
+	$(PYTHON) -m venv $(K8S_VENV)
+	$(K8S_VENV)/bin/pip install -q --disable-pip-version-check kubernetes-validate==$(KUBERNETES_VALIDATE)
+
+compose-test: install  ## 2 replicas of the image behind HAProxy (deploy/compose.yaml), one stopped mid-load
+	bash deploy/compose-test.sh
+
+bench-ddp: install  ## training samples/s and wall time, 1 vs train.nproc=2 processes, same global batch (bench/ddp.py)
+	python bench/ddp.py
 
 st: $(ST)  ## schemathesis in .venv-st (tests/test_hardening.py uses it when present)
 
@@ -87,8 +112,9 @@ serve: install  ## serve the packaged champions on $(HOST):$(PORT) (run `make re
 build: install  ## a Bento (offline: bentofile.yaml has lock_packages: false)
 	FACES_GENDER_MODEL=$(call tag,gender) FACES_RATING_MODEL=$(call tag,rating) bentoml build
 
-docker-context: install  ## copy the packaged champions into docker/context/models (for docker build)
-	python docker/export_models.py $(SERVING) docker/context/models
+docker-context: install  ## copy the packaged champions (models/bento/*.bentomodel) into docker/context/models
+	@test -f $(SERVING) || { echo "no $(SERVING): run 'make repro' (or 'make pull') first"; exit 1; }
+	rm -f docker/context/models/*.bentomodel && cp models/bento/*.bentomodel docker/context/models/
 
 container-test: install  ## build the Dockerfile on a locally made base image, run it, POST a photo
 	bash docker/container-test.sh

@@ -2,7 +2,7 @@
 # Builds the real Dockerfile on a locally made base image, runs it, waits for /readyz, POSTs photos.
 # No registry is reachable here, so the base is Debian bookworm made with debootstrap + docker import,
 # and the CPU torch wheel that pip already finds on this machine stands in for the CUDA one.
-# Starts dockerd (no bridge, no iptables: host networking only) when none runs, and stops it after.
+# Starts dockerd (docker/engine.sh) when none runs, and stops it after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BASE=faces-base:bookworm
@@ -11,23 +11,14 @@ WORK=${CONTAINER_TEST_DIR:-/tmp/faces-container-test}
 PY=.venv/bin/python
 mkdir -p "$WORK"
 
-need() { command -v "$1" >/dev/null || { echo "installing $2"; apt-get install -y -q "$2" >/dev/null; }; }
-need docker docker.io
-need dockerd docker.io
+source docker/engine.sh
 need debootstrap debootstrap
-
-started_dockerd=""
 cleanup() {
   docker rm -f faces-serve-test >/dev/null 2>&1 || true
-  if [ -n "$started_dockerd" ]; then kill "$started_dockerd" 2>/dev/null || true; wait "$started_dockerd" 2>/dev/null || true; fi
+  engine_stop
 }
 trap cleanup EXIT
-if ! docker info >/dev/null 2>&1; then
-  dockerd --bridge=none --iptables=false --ip6tables=false >"$WORK/dockerd.log" 2>&1 &
-  started_dockerd=$!
-  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-  docker info >/dev/null
-fi
+engine_start "$WORK"
 
 if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   echo "making base image $BASE with debootstrap (about a minute)"
@@ -39,7 +30,7 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
 fi
 
 test -f models/serving.json || { echo "no models/serving.json: run 'make repro' first"; exit 1; }
-$PY docker/export_models.py models/serving.json docker/context/models
+rm -f docker/context/models/*.bentomodel && cp models/bento/*.bentomodel docker/context/models/
 wheels=$(pip config list 2>/dev/null | sed -n "s/^global.find-links='\(.*\)'/\1/p;T;q")
 find docker/context/wheels -name 'torch-*.whl' -delete
 cp "${wheels:-/opt/wheels}"/torch-2.13.0*cp311*.whl docker/context/wheels/
@@ -49,7 +40,7 @@ docker build --network host --build-arg BASE_IMAGE="$BASE" -t "$IMAGE" . >"$WORK
   || { tail -30 "$WORK/build.log"; exit 1; }
 find docker/context/wheels -name 'torch-*.whl' -delete
 
-port=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 docker run -d --name faces-serve-test --network host -e BENTOML_HOST=127.0.0.1 -e BENTOML_PORT="$port" "$IMAGE" >/dev/null
 for _ in $(seq 120); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 1; done
 curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { docker logs faces-serve-test | tail -30; exit 1; }

@@ -11,6 +11,13 @@ metadata, and the MLflow model / version / run as labels.
 A champion already in the store with the same metadata is not saved again; store entries that a
 killed run left half-written are removed first (`sweep_broken`).
 `serving.json` names the exact BentoML tags; `make serve` serves those.
+
+    python -m pipeline.package --out models/serving.json --archives models/bento
+    python -m pipeline.package --import models/bento        # `make pull` on another machine
+
+`--archives` also writes each champion as `<name>.bentomodel` (`bentoml models export`, BentoML's
+own archive format): a DVC output, so `dvc push` / `dvc pull` carry the served models to another
+machine, whose BentoML store `--import` fills from them (the Dockerfile imports them the same way).
 """
 from __future__ import annotations
 
@@ -137,17 +144,60 @@ def package(params, task: str, workdir: Path) -> dict:
     return {"tag": str(bm.tag), "created": True, **labels}
 
 
+def export_archives(tags: list[str], dest: Path) -> list[Path]:
+    """dest's `<name>.bentomodel` archives, replaced by those of `tags` (each written under a temporary
+    name and renamed: a killed export leaves no half archive)."""
+    import bentoml
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for child in dest.glob("*.bentomodel"):
+        child.unlink()
+    out = []
+    for tag in tags:
+        name = bentoml.models.get(tag).tag.name
+        # an absolute path ending in .bentomodel: BentoML resolves others against / or appends the suffix
+        tmp = dest.resolve() / f".{name}.tmp.bentomodel"
+        bentoml.models.export_model(tag, str(tmp))
+        out.append(tmp.rename(dest / f"{name}.bentomodel"))
+    return out
+
+
+def import_archives(folder: Path) -> list[str]:
+    """Every `*.bentomodel` in folder into this machine's BentoML store (skipping models it has)
+    -> the tags imported."""
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    done = []
+    for archive in sorted(folder.glob("*.bentomodel")):
+        try:
+            done.append(str(bentoml.models.import_model(str(archive.resolve())).tag))
+        except BentoMLException as e:
+            if "already exists" not in str(e):
+                raise
+    return done
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="Package the champion models for BentoML")
-    ap.add_argument("--out", required=True, type=Path, help="serving.json: the BentoML tags to serve")
+    ap.add_argument("--out", type=Path, help="serving.json: the BentoML tags to serve")
+    ap.add_argument("--archives", type=Path, help="also export the champions as .bentomodel files here")
+    ap.add_argument("--import", dest="import_from", type=Path, help="only import the archives of this folder")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
+    if args.import_from:
+        print("package: imported", *import_archives(args.import_from) or ["nothing (the store has them)"])
+        return
+    if args.out is None:
+        ap.error("--out is required")
     from pipeline import tracking
     from pipeline.config import load_params
 
     params = load_params(args.params)
     with tempfile.TemporaryDirectory() as tmp:
         summary = {task: package(params, task, Path(tmp)) for task in TASKS}
+    if args.archives:
+        export_archives([s["tag"] for s in summary.values()], args.archives)
     write_text(args.out, json.dumps(summary, indent=2) + "\n")
     for task, s in summary.items():
         state = "saved" if s["created"] else "already in the store"

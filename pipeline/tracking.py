@@ -50,14 +50,29 @@ def data_hash(lock: Path = Path("dvc.lock")) -> str:
     return "unknown"
 
 
+def tracking_uri(params: Params) -> str:
+    """MLFLOW_TRACKING_URI when set (a team's `mlflow server`, README "Scaling out"), else params.yaml's
+    zero-setup sqlite file. Not a DVC param: where runs are logged changes no output."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
+
+
 def setup(params: Params) -> None:
-    """Points MLflow at the project's backend and experiment (created with a local artifact root)."""
+    """Points MLflow at the backend and experiment. A local backend gets a local artifact root; a
+    tracking server keeps its own (`--artifacts-destination`: the team's object store), which the
+    clients reach through the server, so they hold no object-store credentials."""
     os.environ.update(TELEMETRY_OFF)
     import mlflow
 
-    mlflow.set_tracking_uri(params.tracking.uri)
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(params.tracking.experiment) is None:
-        mlflow.create_experiment(params.tracking.experiment, artifact_location=ARTIFACT_ROOT.resolve().as_uri())
+        local = not uri.startswith(("http://", "https://", "databricks"))
+        try:
+            mlflow.create_experiment(params.tracking.experiment,
+                                     artifact_location=ARTIFACT_ROOT.resolve().as_uri() if local else None)
+        except mlflow.exceptions.MlflowException as e:    # another stage or machine created it meanwhile
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
     mlflow.set_experiment(params.tracking.experiment)
 
 
@@ -196,10 +211,7 @@ def register_and_promote(model_uri: str, name: str, metric: str, value: float,
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
-    try:
-        champ = client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        champ = None
+    champ = _alias_version(client, name)
     same = _version_with_weights(client, name, weights_sha256) if weights_sha256 else None
     if same is not None:                  # these weights are registered already: no copy, no new comparison
         return {"model": name, "version": int(same.version), metric: round(value, 6),
@@ -216,13 +228,18 @@ def register_and_promote(model_uri: str, name: str, metric: str, value: float,
     client.set_model_version_tag(name, version, "data_hash", data_hash())
     if weights_sha256:
         client.set_model_version_tag(name, version, "weights_sha256", weights_sha256)
-    champ_value = None
-    if champ is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            champ_value = score_champion(Path(_download(champ, name, "bundle/model.pt", Path(tmp))[1]))
-    promoted = promote and beats(value, champ_value)
+    # read the champion, compare, move the alias: one at a time per model name, so that two runs
+    # promoting at once cannot both win (the second compares against the first's result)
+    with promotion_lock(client, name, holder=run_id or model_uri):
+        champ = _alias_version(client, name)
+        champ_value = None
+        if champ is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                champ_value = score_champion(Path(_download(champ, name, "bundle/model.pt", Path(tmp))[1]))
+        promoted = promote and beats(value, champ_value)
+        if promoted:
+            client.set_registered_model_alias(name, "champion", version)
     if promoted:
-        client.set_registered_model_alias(name, "champion", version)
         if run_id is not None:            # the champion is marked on its run too (the runs view shows tags)
             client.set_tag(run_id, "champion", f"{name} v{version}")
         old_run = champ.tags.get("run_id") if champ is not None else None
@@ -232,6 +249,60 @@ def register_and_promote(model_uri: str, name: str, metric: str, value: float,
             "champion_version": int(version) if promoted else (None if champ is None else int(champ.version)),
             "champion_rescored": None if champ_value is None else round(champ_value, 6),
             "promoted": bool(promoted), "registered": True}
+
+
+def _alias_version(client, name: str):
+    """The version `name@champion` points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+
+
+LOCK_SUFFIX = ".promotion-lock"
+
+
+@contextlib.contextmanager
+def promotion_lock(client, name: str, holder: str, wait_s: float = 600, stale_s: float = 900) -> Iterator[None]:
+    """A mutex per registered model, made of the registry's own compare-and-set: creating a registered
+    model is atomic in the tracking store (a unique name), so of several clients creating
+    `<name>.promotion-lock` exactly one succeeds; the others retry until it is deleted. A lock older
+    than `stale_s` (its holder was killed) is broken. Works the same on sqlite and on a tracking server."""
+    import random
+
+    from mlflow.exceptions import MlflowException
+
+    lock, deadline = name + LOCK_SUFFIX, time.monotonic() + wait_s
+    while True:
+        try:
+            client.create_registered_model(lock, tags={"holder": holder, "since": f"{time.time():.3f}"},
+                                           description=f"promotion of {name} in progress (pipeline/tracking.py)")
+            break
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        _break_stale(client, lock, stale_s)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{lock} is held (another promotion); waited {wait_s:.0f} s")
+        time.sleep(0.1 + random.random() * 0.2)
+    try:
+        yield
+    finally:
+        client.delete_registered_model(lock)
+
+
+def _break_stale(client, lock: str, stale_s: float) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        since = float(client.get_registered_model(lock).tags.get("since", "inf"))
+        if time.time() - since > stale_s:
+            warnings.warn(f"breaking {lock}: held for {time.time() - since:.0f} s (its holder died?)", stacklevel=3)
+            client.delete_registered_model(lock)
+    except MlflowException:
+        pass                              # released meanwhile
 
 
 def _version_with_weights(client, name: str, sha256: str):

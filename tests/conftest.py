@@ -41,11 +41,12 @@ def venv_env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
 
-def run(cmd: list[str], cwd: Path, timeout: int = 600) -> str:
-    """Runs a command with the venv's tools first on PATH; fails the test with its output."""
+def run(cmd: list[str], cwd: Path, timeout: int = 600, env: dict[str, str] | None = None) -> str:
+    """Runs a command with the venv's tools first on PATH (plus `env`); fails the test with its output."""
     import subprocess
 
-    p = subprocess.run(cmd, cwd=cwd, env=venv_env(), capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(cmd, cwd=cwd, env={**venv_env(), **(env or {})}, capture_output=True, text=True,
+                       timeout=timeout)
     assert p.returncode == 0, f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     return p.stdout + p.stderr
 
