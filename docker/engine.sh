@@ -1,7 +1,11 @@
 # Sourced by docker/container-test.sh and deploy/compose-test.sh: a Docker engine that runs here.
 # Starts dockerd (no bridge, no iptables: host networking only) when none answers; `engine_stop`
 # stops only a dockerd started here.
-need() { command -v "$1" >/dev/null || { echo "installing $2"; apt-get install -y -q "$2" >/dev/null; }; }
+need() {   # $1: a command, $2: the Debian package that has it
+  command -v "$1" >/dev/null && return
+  echo "installing $2"
+  apt-get install -y -q "$2" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "$2" >/dev/null; }
+}
 started_dockerd=""
 engine_start() {   # $1: a folder for dockerd.log
   need docker docker.io
