@@ -80,7 +80,13 @@ def run(lb: str, replicas: list[str], stop: str, photo: bytes, requests: int, co
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(worker, range(requests)))
     failed = [d for d in done if d["error"]]
-    return {"requests": len(done), "ok": len(done) - len(failed), "failed": len(failed),
+    after = {}
+    for r in replicas:                           # the stopped one must be down, the other served the rest
+        try:
+            after[r] = served(r)
+        except OSError:
+            after[r] = None
+    return {"served_after": after,"requests": len(done), "ok": len(done) - len(failed), "failed": len(failed),
             "retried": sum(d["tries"] > 1 for d in done), "failures": failed[:5],
             "seconds": round(time.monotonic() - t0, 1), **state}
 
@@ -98,9 +104,10 @@ def main() -> None:
     res = run(args.lb, args.replicas, args.stop, args.photo.read_bytes(), args.requests, args.concurrency,
               args.deadline)
     print(json.dumps(res, indent=1))
-    before = res["served_before_stop"] or {}
-    if res["failed"] or len(before) != 2 or min(before.values()) == 0:
-        print("failover: FAILED (a request failed, or the balancer did not use both replicas)", file=sys.stderr)
+    before, after = res["served_before_stop"] or {}, list(res["served_after"].values())
+    if res["failed"] or len(before) != 2 or min(before.values()) == 0 or after.count(None) != 1:
+        print("failover: FAILED (a request failed, the balancer did not use both replicas, or the stop "
+              "did not stop exactly one)", file=sys.stderr)
         sys.exit(1)
     print(f"failover: OK ({res['ok']}/{res['requests']} answered, {res['retried']} after a retry)")
 

@@ -120,7 +120,7 @@ class Stack:
                 break
             except psycopg2.OperationalError:
                 if p.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"postgres did not start: {(self.root / 'pg.log').read_text()[-800:]}")
+                    raise RuntimeError(f"postgres did not start: {(self.root / 'pg.log').read_text()[-800:]}") from None
                 time.sleep(0.3)
         conn.autocommit = True
         with conn.cursor() as cur:

@@ -64,7 +64,7 @@ class Augment:
     contrast: float     # max relative change around each image's mean
 
 
-def augment(x: torch.Tensor, cfg: Augment, gen: torch.Generator, draw: tuple[int, torch.Tensor] | None = None
+def augment(x: torch.Tensor, cfg: Augment, gen: torch.Generator, draw: tuple[int, slice] | None = None
             ) -> torch.Tensor:
     """Random flip / shift / brightness / contrast on a normalised batch (B, 3, S, S).
 
@@ -74,7 +74,7 @@ def augment(x: torch.Tensor, cfg: Augment, gen: torch.Generator, draw: tuple[int
     augments its slice exactly as one process augments the whole batch (pipeline/distributed.py).
     """
     b, _, s, _ = x.shape
-    n, pos = draw if draw is not None else (b, slice(None))
+    n, pos = draw if draw is not None else (b, slice(None))   # positions: a slice of the n rows
     if cfg.flip:
         flip = (torch.rand(n, generator=gen) < 0.5)[pos]
         x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)

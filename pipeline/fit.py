@@ -114,10 +114,11 @@ def train_step(net, x: torch.Tensor, targets: dict[str, torch.Tensor], losses, o
     return loss.detach()
 
 
-def _train_epoch(net, part, cfg, losses, opt, sched, gen, policy: Policy, desc, ema=None, w: World = World()
+def _train_epoch(net, part, cfg, losses, opt, sched, gen, policy: Policy, desc, ema=None, w: World | None = None
                  ) -> float:
     """One pass over `part` in global batches of cfg.batch_size -> the mean training loss. Under DDP
     every rank draws the same order and augmentation and trains on its slice of each batch."""
+    w = w or World()
     net.train()
     targets = {h: part.targets(h) for h in losses}
     aug = Augment(**dataclasses.asdict(cfg.augment))

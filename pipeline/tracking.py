@@ -208,7 +208,6 @@ def register_and_promote(model_uri: str, name: str, metric: str, value: float,
 
     import mlflow
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
     champ = _alias_version(client, name)

@@ -116,9 +116,9 @@ def test_a_stale_lock_is_broken_and_a_held_one_times_out(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tracking.setup(_params(tmp_path))
     client = MlflowClient()
-    with tracking.promotion_lock(client, "m", holder="a"):
-        with pytest.raises(TimeoutError), tracking.promotion_lock(client, "m", holder="b", wait_s=0.5):
-            pass
+    with tracking.promotion_lock(client, "m", holder="a"), pytest.raises(TimeoutError), \
+            tracking.promotion_lock(client, "m", holder="b", wait_s=0.5):
+        pass
     client.create_registered_model("m.promotion-lock", tags={"holder": "killed", "since": str(time.time() - 3600)})
     with pytest.warns(UserWarning, match="breaking m.promotion-lock"), \
             tracking.promotion_lock(client, "m", holder="c", stale_s=60):
