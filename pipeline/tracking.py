@@ -90,6 +90,7 @@ def stage_run(params: Params, stage: str, cfg: Any = None, tags: dict[str, str] 
                 **(tags or {})}
     if os.environ.get("DVC_EXP_NAME"):               # set by `dvc exp run` (make repro PROFILE=...)
         all_tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    all_tags = {k: str(v) for k, v in all_tags.items()}    # a tracking server takes strings only (sqlite: any)
     with mlflow.start_run(run_name=run_name(stage, all_tags), tags=all_tags, log_system_metrics=system_metrics) as run:
         if cfg is not None:
             mlflow.log_params({f"{stage}.{k}": v for k, v in as_flat_dict(cfg).items()})
@@ -123,7 +124,7 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 def set_tags(tags: dict[str, str]) -> None:
     import mlflow
 
-    run_id = _CONTINUED.get()
+    run_id, tags = _CONTINUED.get(), {k: str(v) for k, v in tags.items()}
     if run_id is None:
         mlflow.set_tags(tags)
     else:
@@ -218,7 +219,7 @@ def register_and_promote(model_uri: str, name: str, metric: str, value: float,
                 "promoted": False, "registered": False}
     version = mlflow.register_model(model_uri, name).version
     if description:                       # the registered model's page in the MLflow UI shows the model card
-        client.update_registered_model(name, description=description)
+        client.update_registered_model(name, description=fit_description(description))
     active = mlflow.active_run()
     run_id = _CONTINUED.get() or (active.info.run_id if active is not None else None)
     if run_id is not None:                # the run that trained it (MLflow 3 registers a LoggedModel)
@@ -248,6 +249,19 @@ def register_and_promote(model_uri: str, name: str, metric: str, value: float,
             "champion_version": int(version) if promoted else (None if champ is None else int(champ.version)),
             "champion_rescored": None if champ_value is None else round(champ_value, 6),
             "promoted": bool(promoted), "registered": True}
+
+
+DESCRIPTION_LIMIT = 5000                 # registered_models.description is VARCHAR(5000): PostgreSQL enforces it
+
+
+def fit_description(text: str, limit: int = DESCRIPTION_LIMIT) -> str:
+    """`text` cut at its last paragraph that fits the tracking store's column, with a note saying so
+    (sqlite ignores the column's length; PostgreSQL and MySQL refuse a longer value)."""
+    if len(text) <= limit:
+        return text
+    note = "\n\n*(cut to fit the registry; the whole card is MODEL_CARD.md in the repository)*\n"
+    head = text[:limit - len(note)]
+    return head[:head.rfind("\n\n")] + note if "\n\n" in head else head + note
 
 
 def _alias_version(client, name: str):

@@ -142,7 +142,8 @@ def test_a_second_machine_pulls_the_champion_from_the_s3_remote_and_reruns_nothi
     champ = client.get_model_version_by_alias("faces-synthetic-gender", "champion")
     run_id = champ.tags["run_id"]
     assert client.get_run(run_id).data.tags["stage"] == "train-gender"
-    s3 = boto3.client("s3", endpoint_url=stack.s3_url, region_name="us-east-1")
+    s3 = boto3.client("s3", endpoint_url=stack.s3_url, region_name=env["AWS_DEFAULT_REGION"],
+                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="faces-mlflow", MaxKeys=1000).get("Contents", [])]
     assert any(k.endswith(f"{run_id}/artifacts/bundle/model.pt") for k in keys)
     for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "run"]):

@@ -116,3 +116,14 @@ def test_champion_downloads_the_refit_when_its_run_has_one_else_the_split_bundle
     MlflowClient().set_registered_model_alias("t-rating", "champion", "1")
     with pytest.raises(FileNotFoundError, match="has no artifact"):
         tracking.champion(params, "t-rating", ["final/final.pt", "nothing/model.pt"], tmp_path / "e")
+
+
+def test_a_long_model_card_is_cut_at_a_paragraph_to_fit_the_registry_column():
+    from pipeline.tracking import fit_description
+
+    card = (ROOT / "MODEL_CARD.md").read_text()
+    assert len(card) > 5000                       # PostgreSQL refused it whole (VARCHAR(5000))
+    cut = fit_description(card)
+    assert len(cut) <= 5000 and cut.endswith("MODEL_CARD.md in the repository)*\n")
+    assert card.startswith(cut[:cut.rfind("\n\n*(cut")])
+    assert fit_description("short") == "short"
