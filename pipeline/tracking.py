@@ -63,8 +63,15 @@ def setup(params: Params) -> None:
     os.environ.update(TELEMETRY_OFF)
     import mlflow
 
-    uri = tracking_uri(params)
+    uri, before = tracking_uri(params), os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    # MLflow exports the URI to os.environ (for its subprocesses). Put the user's value back: otherwise
+    # a later setup() in this process, or a command it starts (dvc repro), would take the URI chosen
+    # here for the user's and ignore its own params.yaml
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
     if mlflow.get_experiment_by_name(params.tracking.experiment) is None:
         local = not uri.startswith(("http://", "https://", "databricks"))
         try:

@@ -35,10 +35,13 @@ def real_data() -> Path:
 
 
 def venv_env() -> dict[str, str]:
-    """The environment with the venv's tools (dvc, python, mlflow) first on PATH."""
+    """The environment with the venv's tools (dvc, python, mlflow) first on PATH, without the
+    MLFLOW_TRACKING_URI that an in-process `mlflow.set_tracking_uri` of an earlier test exported (a
+    stage would log there instead of its copy's params.yaml; `run(..., env=...)` passes one on purpose)."""
     import sys
 
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
 
 def run(cmd: list[str], cwd: Path, timeout: int = 600, env: dict[str, str] | None = None) -> str:

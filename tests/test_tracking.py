@@ -127,3 +127,24 @@ def test_a_long_model_card_is_cut_at_a_paragraph_to_fit_the_registry_column():
     assert len(cut) <= 5000 and cut.endswith("MODEL_CARD.md in the repository)*\n")
     assert card.startswith(cut[:cut.rfind("\n\n*(cut")])
     assert fit_description("short") == "short"
+
+
+def test_setup_leaves_the_users_tracking_uri_alone(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports the URI to os.environ; setup() undoes that, so the next setup()
+    (or a `dvc repro` started from this process) reads its own params.yaml, not this one's."""
+    import os
+
+    from pipeline import tracking
+    from pipeline.config import load_params
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = load_params(ROOT / "params.yaml")
+    first = dataclasses.replace(params, tracking=dataclasses.replace(params.tracking, uri=f"sqlite:///{tmp_path}/a.db"))
+    tracking.setup(first)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert tracking.tracking_uri(params) == params.tracking.uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/server.db")      # the user's choice wins
+    tracking.setup(first)
+    import mlflow
+
+    assert mlflow.get_tracking_uri() == os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/server.db"
