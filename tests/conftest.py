@@ -34,6 +34,16 @@ def real_data() -> Path:
     return REAL_DATA
 
 
+@pytest.fixture(autouse=True)
+def no_outer_tracking_uri():
+    """Every test starts without MLFLOW_TRACKING_URI: neither the developer's (a test must not log to
+    their server) nor one an earlier test's in-process `mlflow.set_tracking_uri` exported (MLflow
+    writes it to os.environ, and it wins over a params.yaml). A test that wants one sets it."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 def venv_env() -> dict[str, str]:
     """The environment with the venv's tools (dvc, python, mlflow) first on PATH, without the
     MLFLOW_TRACKING_URI that an in-process `mlflow.set_tracking_uri` of an earlier test exported (a

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT, TINY, copy_repo, free_port, run
 
-MODEL = "faces-synthetic-rating"
+MODEL = "race-rating"        # not a name the pipeline registers: the server is shared with the pipeline test
 
 
 @pytest.fixture(scope="module")
