@@ -34,10 +34,10 @@ S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "
 
 def pg_bin(tool: str) -> str:
     """A PostgreSQL server binary: PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
-    found = shutil.which(tool) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{tool}"))[-1:]
-    if not found:
+    found = shutil.which(tool) or max(glob.glob(f"/usr/lib/postgresql/*/bin/{tool}"), default=None)
+    if found is None:
         raise FileNotFoundError(f"{tool} not found: apt-get install postgresql")
-    return found if isinstance(found, str) else found[0]
+    return found
 
 
 def _wait(url: str, seconds: float, proc: subprocess.Popen) -> None:
