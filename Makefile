@@ -133,7 +133,7 @@ faces: install  ## face step: SCUT framing, in-the-wild dev set (data/wild) reca
 	python bench/wild.py --data '$(or $(DATA),../shared/data/facescore)' --out data/wild --names data/split/test.txt
 	python bench/faces.py --data '$(or $(DATA),../shared/data/facescore)' --framing --wild data/wild --models models
 
-hardening: install $(ST)  ## fuzz, soak, overload, hang-ups, schemathesis against the served champions (~3 min)
+hardening: install $(ST)  ## fuzz, soak, overload, hang-ups, an attacker's corpus, slow clients, memory, schemathesis (~7 min)
 	python bench/hardening.py --schemathesis $(ST)
 
 # schemathesis lives in its own venv: it is a client of the HTTP API, and its pins (hypothesis,

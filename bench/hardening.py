@@ -12,7 +12,11 @@
    accepted requests, and the time until a lone request is served normally again.
 4. hang-ups: clients that close mid-upload or while queued -> in-flight back to 0, photos of
    mid-upload hang-ups never reach the model.
-5. with --schemathesis: property-based requests generated from the OpenAPI document -> no 5xx.
+5. an attacker's phases (bench/siege.py over bench/attacks.py): crafted requests per class with
+   /livez and /predict timed meanwhile, /infer at 64 concurrent, 100 slow senders beside ordinary
+   traffic, idle and half-header connections, unknown paths against /metrics, and worker memory
+   `--settle` seconds after it all against its warm size (after the soak).
+6. with --schemathesis: property-based requests generated from the OpenAPI document -> no 5xx.
 Only 127.0.0.1; every loop is bounded in count and time. Serves models/serving.json's champions
 unless FACES_GENDER_MODEL / FACES_RATING_MODEL are set.
 """
@@ -34,6 +38,7 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
+import siege  # noqa: E402
 from hostile import corpus, photo_request, send  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,12 +242,33 @@ def schema(url: str, st: str, max_examples: int, seed: int = 0) -> dict:
     return {"exit_code": p.returncode, "test_cases": cases, "tail": p.stdout[-1500:] if p.returncode else ""}
 
 
+def attacker(report: dict, port: int, server_pid: int, args) -> None:
+    """The attacker's phases (bench/siege.py), then worker memory against its size after the soak."""
+    import bentoml
+
+    size = bentoml.models.get(os.environ["FACES_GENDER_MODEL"]).info.metadata["image_size"]
+    report["crafted"] = siege.crafted(port, PHOTO, repeat=args.crafted)
+    report["infer_burst"] = siege.infer_burst(port, size)
+    report["slow"] = siege.slow(port, PHOTO, n=args.slow)
+    report["idle"] = siege.idle(port)
+    report["metrics"] = siege.metrics(port)
+    after = rss_mb(workers(server_pid))
+    time.sleep(args.settle)
+    settled = rss_mb(workers(server_pid))
+    warm = report["soak"]["rss_end_mb"]
+    report["memory"] = {"warm_mb": warm, "after_attacks_mb": after, f"after_{args.settle:g}s_mb": settled,
+                        "growth_mb": max(settled[p] - warm.get(p, settled[p]) for p in settled)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fuzz", type=int, default=2500, help="malformed requests")
     ap.add_argument("--soak", type=float, default=60, help="seconds of valid traffic at concurrency 32")
     ap.add_argument("--overload", type=float, default=30, help="seconds at 4x capacity")
     ap.add_argument("--hangups", type=int, default=400, help="clients that hang up")
+    ap.add_argument("--crafted", type=int, default=3, help="rounds of the crafted corpus (bench/attacks.py)")
+    ap.add_argument("--slow", type=int, default=100, help="slow senders")
+    ap.add_argument("--settle", type=float, default=30, help="seconds before worker memory is measured again")
     ap.add_argument("--schemathesis", default="", help="path of schemathesis' `st` (make hardening makes one)")
     args = ap.parse_args()
     from serve import serve as start_server  # bench/serve.py: bentoml serve on a free loopback port
@@ -259,6 +285,7 @@ def main() -> None:
         report["capacity_rps"] = cap = capacity(port)
         report["overload"] = overload(port, 4 * cap, args.overload)
         report["hangups"] = hangups(port, args.hangups)
+        attacker(report, port, proc.pid, args)
         if args.schemathesis:
             report["schemathesis"] = schema(url, args.schemathesis, max_examples=200)
     finally:

@@ -136,7 +136,15 @@ class PackageConfig:
     max_inflight: int              # admitted requests per worker process; the next gets 503
     retry_after_s: int             # the Retry-After of that 503
     read_timeout_s: float          # a request body must arrive within this (408)
-    decode_threads: int            # decode + resize threads per worker process
+    decode_threads: int            # decode processes per worker (header, decode, face step, resize)
+    decode_cpu_s: float            # CPU one photo's decode may take; its decoder is killed past it (400)
+    request_decode_cpu_s: float    # ... all photos of one request together
+    max_reading: int               # request bodies being received at once per worker (more: 503)
+    max_buffered_mb: float         # their bytes together per worker (more: 503)
+    header_timeout_s: float        # request line + headers must arrive within this (408, closed)
+    max_header_kb: int             # ... and fit in this (431, closed)
+    keep_alive_s: float            # an idle keep-alive connection is closed after this
+    max_connections: int           # open connections per worker; more are closed at once
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,23 @@ MAX_SIDE = 20_000   # a side this long is an absurd photo whatever the pixel bud
 DRAFT_FACTOR = 2   # JPEG draft decoding keeps >= 2x the model input (see decode_rgb)
 # Decoders allowed. The multi-picture JPEGs (MPO) many phones write open through JPEG (first frame).
 FORMATS = ("JPEG", "PNG", "WEBP")
+# A progressive JPEG is decoded once per scan, over the whole image, and libjpeg-turbo (as Pillow calls
+# it) sets no limit on scans: a 150 KB file declaring 36 MP with 100 near-empty scans took 2.9 s, 1000
+# scans on 4 MP 2.7 s (bench/hostile.py `progressive_bomb`; ~0.75 ns per scan-pixel on these cores).
+# Cameras write 1 scan (baseline) and encoders' progressive scripts 6-12 (Pillow 6, jpegtran 10).
+MAX_JPEG_SCANS = 64
+MAX_SCAN_PIXELS = 500_000_000   # scans x pixels: 12 scans of a 40 MP photo, 64 of 7.8 MP (~0.4-0.8 s)
+# Pillow walks a JPEG's markers before the first scan, and a PNG's chunks, one Python iteration each:
+# 9 MB of empty markers, fill bytes or empty chunks took 1.3-3 s. Real files: the bytes before the
+# first scan are EXIF/ICC/XMP segments (<= 64 KB each, ~1 MB at most in practice) with few FF bytes
+# outside them; a PNG has tens to a few thousand chunks (IDAT chunks of 8-64 KB).
+MAX_JPEG_HEAD_BYTES = 4 * 2**20
+MAX_JPEG_HEAD_FF = 65_536
+MAX_PNG_CHUNKS = 20_000
+# PNG and WebP have no reduced-scale decode (JPEG's draft): every pixel is decoded, at 25-60 ns each
+# here (a 24 MP WebP took 0.9 s, a 36 MP PNG 0.9 s in the service's decoder), so they get a smaller
+# pixel budget than JPEG; 16 MP (~0.6 s) is more than any phone writes in these formats.
+MAX_FULL_DECODE_PIXELS = 16_000_000
 
 
 class ImageError(ValueError):
@@ -50,18 +68,18 @@ def open_image(src: bytes | str | Path | BinaryIO, max_pixels: int) -> Image.Ima
 
     Raises:
         ImageError: 'empty file', 'not an image' (includes formats outside FORMATS),
-            'decompression bomb', 'absurd dimensions', 'corrupt image'.
+            'decompression bomb', 'absurd dimensions', 'corrupt image', 'too many scans' (JPEG scans x
+            pixels over budget), 'too many markers', 'too many chunks' (see check_structure), 'too many pixels
+            for its format' (PNG, WebP over MAX_FULL_DECODE_PIXELS).
     """
-    if isinstance(src, bytes):
-        if not src:
-            raise ImageError("empty file")
-        src = io.BytesIO(src)
-    elif isinstance(src, (str, Path)) and Path(src).stat().st_size == 0:
+    data = src if isinstance(src, bytes) else Path(src).read_bytes() if isinstance(src, (str, Path)) else src.read()
+    if not data:
         raise ImageError("empty file")
+    check_structure(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(src, formats=FORMATS)
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError as e:
         raise ImageError("not an image", f"expected one of {', '.join(FORMATS)}") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -73,7 +91,37 @@ def open_image(src: bytes | str | Path | BinaryIO, max_pixels: int) -> Image.Ima
         raise ImageError("decompression bomb", f"{w}x{h} pixels > {max_pixels}")
     if w < 1 or h < 1 or max(w, h) > MAX_SIDE:
         raise ImageError("absurd dimensions", f"{w}x{h}")
+    if img.format not in ("JPEG", "MPO") and w * h > MAX_FULL_DECODE_PIXELS:
+        raise ImageError("too many pixels for its format", f"{img.format} {w}x{h}: at most "
+                         f"{MAX_FULL_DECODE_PIXELS} pixels (decoded at full size; a JPEG may have more)")
+    if img.format in ("JPEG", "MPO"):
+        # inside entropy-coded data an FF byte is always followed by 00 (stuffing) or a marker, so
+        # every FF DA is a scan (an EXIF thumbnail's count too: a slight overestimate)
+        scans = data.count(b"\xff\xda")
+        if scans > MAX_JPEG_SCANS or scans * w * h > MAX_SCAN_PIXELS:
+            raise ImageError("too many scans", f"{scans} JPEG scans over {w}x{h} pixels: at most {MAX_JPEG_SCANS}, "
+                             f"and scans x pixels <= {MAX_SCAN_PIXELS:.1e}")
     return img
+
+
+def check_structure(data: bytes) -> None:
+    """Refuses, at C speed or in a bounded loop, files that make Pillow's header parsers loop per
+    marker or chunk (see MAX_JPEG_HEAD_BYTES). Raises ImageError('too many markers' | 'too many chunks')."""
+    if data[:2] == b"\xff\xd8":
+        first_scan = data.find(b"\xff\xda")
+        head = data if first_scan < 0 else data[:first_scan]
+        if len(head) > MAX_JPEG_HEAD_BYTES or head.count(b"\xff") > MAX_JPEG_HEAD_FF:
+            raise ImageError("too many markers", f"{len(head)} bytes before the first JPEG scan")
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        pos, chunks = 8, 0
+        while pos + 8 <= len(data):
+            chunks += 1
+            if chunks > MAX_PNG_CHUNKS:
+                raise ImageError("too many chunks", f"over {MAX_PNG_CHUNKS} PNG chunks")
+            (length,) = struct.unpack_from(">I", data, pos)
+            if data[pos + 4:pos + 8] == b"IEND":
+                break
+            pos += 12 + length
 
 
 def decode_rgb(img: Image.Image, min_side: int = 0) -> Image.Image:

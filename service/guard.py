@@ -1,19 +1,23 @@
 """The service's front door for the model routes: admission, strict request checks, client hang-ups.
 
 An ASGI middleware in front of BentoML's handlers for POST /predict, /predict_batch and /infer:
-1. Admission: at most `max_inflight` requests per worker are admitted (being read, decoded, queued
-   or in the model); the next one is answered 503 + Retry-After at once, before its body is read.
+1. Admission: at most `max_inflight` requests per worker are being decoded, queued or in the model,
+   and at most `max_reading` bodies are arriving; past either, 503 + Retry-After at once, before
+   the body is read. A body being received holds no model-side slot (a slow sender costs its bytes,
+   within `max_buffered_mb` for all of them, and at most `read_timeout_s`).
 2. Headers: exactly one Content-Type with exactly the route's media type (BentoML matches the media
    type byte for byte and parses anything else as JSON, so a looser check here is a bypass); at
    most one Content-Length, and a body over the route's limit is a 413 before a byte is read.
 3. Body: read into one growing buffer (linear), stopped at the limit (413) or when it is not all
-   there within `read_timeout_s` (408: a slow sender must not hold an admission slot).
+   there within `read_timeout_s` (408).
 4. Multipart: parsed with python-multipart (the parser BentoML's Starlette uses, so both read the
-   same parts): every part must be a *file* (`filename=`) in the route's one field, with an image
-   or octet-stream type, within the per-file size and the per-request file count.
+   same parts) *as it streams in*: every part must be a non-empty *file* (`filename=`) in the
+   route's one field, with an image or octet-stream type, within the per-file size; the part after
+   the last allowed one is refused before its bytes arrive.
 5. Hang-ups: a client that disconnects while its request waits is detected and its handler is
    cancelled, so its photos never reach the model (service/batcher.py skips cancelled ones).
-Anything refused gets a JSON 4xx `{"error": ...}` and one WARNING log line (route, status, reason);
+Anything refused gets a JSON 4xx `{"error": ...}` with `Connection: close` (the rest of a refused
+body is never read) and one WARNING log line (route, status, reason);
 service/logs.py does the same for BentoML's own 4xx. On every other route, Starlette's plain-text
 404 / 405 become JSON too (`json_routing_errors`).
 """
@@ -31,9 +35,13 @@ from dataclasses import dataclass
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 log = logging.getLogger("faces.guard")
+# python-multipart logs a WARNING of its own for every malformed body (the guard's and Starlette's
+# parse): the guard's one line per refusal says it, so a flood of them is not logged three times
+logging.getLogger("python_multipart.multipart").setLevel(logging.ERROR)
 PHOTO_TYPES = (b"image/", b"application/octet-stream")   # what browsers and curl send for a photo
 BOUNDARY = re.compile(rb"^[0-9A-Za-z'()+_,\-./:=? ]{1,70}$")             # RFC 2046 bchars
 MAX_PART_HEADERS, MAX_PART_HEADER_BYTES = 8, 4096
+SLOW_AFTER_S = 0.5      # a body still arriving after this stops counting against max_inflight
 
 
 @dataclass(frozen=True)
@@ -59,8 +67,18 @@ def check_headers(headers: list[tuple[bytes, bytes]], route: Route) -> bytes:
     expected = route.media.decode()
     if len(ctypes) != 1:
         raise Refused(415, f"send exactly one Content-Type header: {expected}")
-    if ctypes[0].split(b";")[0].strip() != route.media:
+    media, *params = ctypes[0].split(b";")
+    if media.strip() != route.media:
         raise Refused(415, f"Content-Type must be {expected}" + (" (file parts)" if route.field else ""))
+    # Starlette decodes part names with a multipart `charset` parameter (an unknown one was a 500) and
+    # BentoML reads JSON whatever its charset says: the only parameter that means something here is
+    # the boundary (multipart) or charset=utf-8 (JSON); anything else is refused, not ignored
+    allowed = b"boundary" if route.field else b"charset"
+    names = [q.split(b"=", 1)[0].strip().lower() for q in params]
+    if names.count(allowed) > 1 or any(n != allowed for n in names) or (
+            route.field is None and params and params[0].split(b"=", 1)[-1].strip().strip(b'"').lower() != b"utf-8"):
+        raise Refused(400, f"Content-Type {expected} takes " + ("one boundary parameter and no other"
+                                                                 if route.field else "no parameter but charset=utf-8"))
     if len(lengths) > 1 or (lengths and not lengths[0].strip().isdigit()):
         raise Refused(400, "send at most one numeric Content-Length header")
     if lengths and int(lengths[0]) > route.max_bytes:
@@ -73,16 +91,46 @@ def check_headers(headers: list[tuple[bytes, bytes]], route: Route) -> bytes:
     return boundary
 
 
-class _Parts:
-    """python-multipart callbacks -> per part: its headers and its size (the data is not copied)."""
+class PartsCheck:
+    """python-multipart, fed the body as it arrives: each part is checked when its headers end (one
+    form-data file in the route's field, an image type), counted when it begins (the file after the
+    last allowed one is refused before its bytes arrive), sized as its data streams and refused when
+    empty. So a body of a million empty parts costs one part over the limit, not a million callbacks.
+    Raises Refused."""
 
-    def __init__(self, max_file_bytes: int):
-        self.parts: list[dict] = []
-        self.max_file_bytes, self.ended = max_file_bytes, False
-        self._field, self._value = b"", b""
+    def __init__(self, boundary: bytes, route: Route):
+        self.route, self.field = route, (route.field or b"").decode()
+        self.parts, self.ended = 0, False
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._field, self._value, self._size, self._header_bytes = b"", b"", 0, 0
+        callbacks = {name: getattr(self, name) for name in (
+            "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
+            "on_part_data", "on_part_end", "on_end")}
+        self.parser = MultipartParser(boundary, callbacks, max_header_count=MAX_PART_HEADERS,  # type: ignore[arg-type]
+                                      max_header_size=MAX_PART_HEADER_BYTES)
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self.parser.write(chunk)
+        except Refused:
+            raise
+        except Exception:  # noqa: BLE001 - python-multipart raises several types; all mean "malformed"
+            raise Refused(400, "malformed multipart body") from None
+
+    def finish(self) -> int:
+        """-> the number of photos. Raises Refused."""
+        self.feed(b"")
+        if not self.ended:
+            raise Refused(400, "multipart body ends before its closing boundary")
+        if not self.parts:
+            raise Refused(400, f"no photo: send it as a file in the field '{self.field}'")
+        return self.parts
 
     def on_part_begin(self):
-        self.parts.append({"headers": [], "header_bytes": 0, "size": 0})
+        self.parts += 1
+        if self.parts > self.route.max_files:
+            raise Refused(400, f"more than {self.route.max_files} files in one request")
+        self._headers, self._size, self._header_bytes = [], 0, 0
 
     def on_header_field(self, data, start, end):
         self._field += data[start:end]
@@ -91,46 +139,33 @@ class _Parts:
         self._value += data[start:end]
 
     def on_header_end(self):
-        part = self.parts[-1]
-        part["header_bytes"] += len(self._field) + len(self._value)
-        part["headers"].append((self._field.lower(), self._value))
+        self._header_bytes += len(self._field) + len(self._value)
+        self._headers.append((self._field.lower(), self._value))
         self._field, self._value = b"", b""
-        if len(part["headers"]) > MAX_PART_HEADERS or part["header_bytes"] > MAX_PART_HEADER_BYTES:
+        if len(self._headers) > MAX_PART_HEADERS or self._header_bytes > MAX_PART_HEADER_BYTES:
             raise Refused(400, "multipart part headers too many or too large")
 
+    def on_headers_finished(self):
+        _check_part(self._headers, self.route, self.field)
+
     def on_part_data(self, data, start, end):
-        self.parts[-1]["size"] += end - start
-        if self.parts[-1]["size"] > self.max_file_bytes:
-            raise Refused(413, f"a photo is over the limit of {self.max_file_bytes} bytes")
+        self._size += end - start
+        if self._size > self.route.max_file_bytes:
+            raise Refused(413, f"a photo is over the limit of {self.route.max_file_bytes} bytes")
+
+    def on_part_end(self):
+        if self._size == 0:
+            raise Refused(400, f"file {self.parts} is empty")
 
     def on_end(self):
         self.ended = True
 
 
 def check_parts(body: bytes, boundary: bytes, route: Route) -> int:
-    """A multipart body -> the number of photos in it. Raises Refused."""
-    p = _Parts(route.max_file_bytes)
-    callbacks = {name: getattr(p, name) for name in ("on_part_begin", "on_header_field", "on_header_value",
-                                                     "on_header_end", "on_part_data", "on_end")}
-    try:
-        parser = MultipartParser(boundary, callbacks, max_header_count=MAX_PART_HEADERS,  # type: ignore[arg-type]
-                                 max_header_size=MAX_PART_HEADER_BYTES)
-        parser.write(body)
-        parser.finalize()
-    except Refused:
-        raise
-    except Exception:  # noqa: BLE001 - python-multipart raises several types; all mean "malformed"
-        raise Refused(400, "malformed multipart body") from None
-    if not p.ended:
-        raise Refused(400, "multipart body ends before its closing boundary")
-    field = (route.field or b"").decode()        # multipart routes name their field
-    if not p.parts:
-        raise Refused(400, f"no photo: send it as a file in the field '{field}'")
-    for part in p.parts:
-        _check_part(part["headers"], route, field)
-    if len(p.parts) > route.max_files:
-        raise Refused(400, f"{len(p.parts)} files; at most {route.max_files} per request")
-    return len(p.parts)
+    """A whole multipart body -> the number of photos in it (tests; the guard streams). Raises Refused."""
+    check = PartsCheck(boundary, route)
+    check.feed(body)
+    return check.finish()
 
 
 def _check_part(headers: list[tuple[bytes, bytes]], route: Route, field: str) -> None:
@@ -149,16 +184,19 @@ def _check_part(headers: list[tuple[bytes, bytes]], route: Route, field: str) ->
 
 
 class UploadGuard:
-    """ASGI middleware; `routes` maps a path to its Route; `metrics` gets admission counts."""
+    """ASGI middleware; `routes` maps a path to its Route; `metrics` gets admission counts; `idle` is
+    called (at most every few seconds) when no request is being read or processed."""
 
     def __init__(self, app, routes: dict[str, Route], max_inflight: int, retry_after_s: int,
-                 read_timeout_s: float = 15.0, metrics=None):
+                 read_timeout_s: float = 15.0, max_reading: int = 256, max_buffered_mb: float = 256,
+                 metrics=None, idle=None):
         self.app, self.routes, self.max_inflight = app, routes, max_inflight
-        self.read_timeout = read_timeout_s
+        self.read_timeout, self.max_reading = read_timeout_s, max_reading
+        self.max_buffered = int(max_buffered_mb * 2**20)
         self.retry_after = str(retry_after_s).encode()
-        self.metrics = metrics
-        self.inflight = 0
-        self._shed, self._shed_logged = 0, 0.0
+        self.metrics, self.idle = metrics, idle
+        self.inflight = self.reading = self.fast_reading = self.buffered = 0
+        self._shed, self._shed_logged, self._idle_at, self._idle_pending = 0, 0.0, 0.0, False
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -167,45 +205,91 @@ class UploadGuard:
         if route is None or scope["method"] != "POST":
             return await self.app(scope, receive, json_routing_errors(send))
         path = scope["path"]
-        if self.inflight >= self.max_inflight:
+        # shed at once, before reading, when the model side plus the bodies arriving at full speed
+        # fill max_inflight, or too many bodies are arriving at all
+        if self.inflight + self.fast_reading >= self.max_inflight or self.reading >= self.max_reading:
+            return await self._shed_one(send, path)
+        self.reading += 1
+        self.fast_reading += 1
+        slow = [False]
+        try:
+            body = await self._read(scope, receive, send, route, path, slow)
+        finally:
+            self.reading -= 1
+            if not slow[0]:
+                self.fast_reading -= 1
+        if body is None:
+            return self._maybe_idle()
+        if self.inflight >= self.max_inflight:   # filled up while this body arrived (slowly)
             return await self._shed_one(send, path)
         self.inflight += 1
         self._observe("inflight", self.inflight)
         try:
-            body = await self._read(scope, receive, send, route, path)
-            if body is not None:
-                await self._forward(scope, receive, send, body)
+            await self._forward(scope, receive, send, body)
         finally:
             self.inflight -= 1
             self._observe("inflight", self.inflight)
+            self._maybe_idle()
 
-    async def _read(self, scope, receive, send, route: Route, path: str) -> bytes | None:
-        """The checked body, or None when the request was refused or the client left."""
+    async def _read(self, scope, receive, send, route: Route, path: str, slow: list[bool]) -> bytes | None:
+        """The checked body, or None when the request was refused or the client left.
+
+        A body arriving at full speed counts against max_inflight (so overload is shed before any
+        body is read); one still arriving after SLOW_AFTER_S stops counting (`slow[0]` is set): a
+        slow sender then costs a `reading` count and its bytes, bounded by `read_timeout_s`,
+        `max_reading` and `max_buffered_mb` (all bodies being read, per worker), never a model slot."""
+        body = bytearray()
+        loop = asyncio.get_running_loop()
         try:
             boundary = check_headers(scope["headers"], route)
-            body = bytearray()
-            deadline = asyncio.get_running_loop().time() + self.read_timeout
+            parts = PartsCheck(boundary, route) if route.field is not None else None
+            start = loop.time()
+            deadline = start + self.read_timeout
             while True:
-                try:        # a body trickled in slowly would hold an admission slot (slowloris)
-                    msg = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+                limit = deadline if slow[0] else min(deadline, start + SLOW_AFTER_S)
+                try:        # a body trickled in slowly would hold its buffer (slowloris)
+                    msg = await asyncio.wait_for(asyncio.shield(pending := asyncio.ensure_future(receive())),
+                                                 limit - loop.time())
                 except TimeoutError:
-                    raise Refused(408, f"request body not received within {self.read_timeout:g} s") from None
+                    if loop.time() >= deadline:
+                        pending.cancel()
+                        raise Refused(408, f"request body not received within {self.read_timeout:g} s") from None
+                    slow[0] = True                       # past SLOW_AFTER_S: off the admission count
+                    self.fast_reading -= 1
+                    msg = await self._rest(pending, deadline - loop.time())
                 if msg["type"] == "http.disconnect":
                     await self._client_gone(send)
                     return None
-                body += msg.get("body", b"")
-                if len(body) > route.max_bytes:
+                chunk = msg.get("body", b"")
+                if len(body) + len(chunk) > route.max_bytes:
                     raise Refused(413, f"request body over the limit of {route.max_bytes} bytes")
+                if self.buffered + len(chunk) > self.max_buffered:
+                    raise Refused(503, "server busy receiving other uploads, retry later")
+                self.buffered += len(chunk)
+                body += chunk
+                if parts is not None:
+                    parts.feed(chunk)        # parts counted and checked as they stream in
                 if not msg.get("more_body", False):
                     break
-            if route.field is not None:
-                check_parts(bytes(body), boundary, route)
+            if parts is not None:
+                parts.finish()
             return bytes(body)
         except Refused as r:
             log.warning("POST %s %d %s", path, r.status, r.reason)
-            self._observe("refused")
-            await reply(send, r.status, r.reason)
+            self._observe("shed" if r.status == 503 else "refused")
+            # the connection is closed after an early answer: the rest of the body is never read
+            extra = [(b"retry-after", self.retry_after)] if r.status == 503 else []
+            await reply(send, r.status, r.reason, [*extra, (b"connection", b"close")])
             return None
+        finally:
+            self.buffered -= len(body)
+
+    async def _rest(self, pending: asyncio.Future, timeout: float) -> dict:
+        """The receive() already waited on, within what is left of the read deadline."""
+        try:
+            return await asyncio.wait_for(pending, max(timeout, 0.0))
+        except TimeoutError:
+            raise Refused(408, f"request body not received within {self.read_timeout:g} s") from None
 
     async def _forward(self, scope, receive, send, body: bytes) -> None:
         """Runs the handler on the buffered body; cancels it when the client disconnects first."""
@@ -225,7 +309,7 @@ class UploadGuard:
             started = started or msg["type"] == "http.response.start"
             await send(msg)
 
-        handler = asyncio.ensure_future(self.app(scope, replay, tracked_send))
+        handler = asyncio.ensure_future(self.app(scope, replay, self._own_503(tracked_send)))
         watcher = asyncio.ensure_future(receive())
         await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if not handler.done() and watcher.result().get("type") == "http.disconnect":
@@ -238,6 +322,24 @@ class UploadGuard:
             return
         watcher.cancel()
         await handler
+
+    def _own_503(self, send):
+        """A 503 from inside (BentoML's batch dispatcher, a busy decoder) becomes the guard's own:
+        the same JSON shape, with Retry-After, counted as shed."""
+        held = False
+
+        async def wrapped(msg):
+            nonlocal held
+            if msg["type"] == "http.response.start" and msg["status"] == 503:
+                held = True
+                return None
+            if not held:
+                return await send(msg)
+            if not msg.get("more_body", False):
+                self._observe("shed")
+                await reply(send, 503, "server busy, retry later", [(b"retry-after", self.retry_after)])
+            return None
+        return wrapped
 
     async def _client_gone(self, send) -> None:
         """The client left before its answer: counted, and "answered" 499 (nginx's code for it).
@@ -253,10 +355,27 @@ class UploadGuard:
         self._observe("shed")
         now = time.monotonic()
         if now - self._shed_logged >= 1.0:
-            log.warning("POST %s 503 over %d requests in flight: shed %d since the last line",
-                        path, self.max_inflight, self._shed)
+            log.warning("POST %s 503 over %d requests in flight (%d bodies arriving): shed %d since the last line",
+                        path, self.max_inflight, self.reading, self._shed)
             self._shed, self._shed_logged = 0, now
-        await reply(send, 503, "server busy, retry later", [(b"retry-after", self.retry_after)])
+        await reply(send, 503, "server busy, retry later", [(b"retry-after", self.retry_after), (b"connection", b"close")])
+
+    def _maybe_idle(self) -> None:
+        """Nothing being read or processed: let the worker give memory back (at most every 5 s; a
+        check is scheduled for then, so the last request of a burst is followed by one too)."""
+        if self.idle is None or self.inflight or self.reading:
+            return
+        wait = self._idle_at + 5.0 - time.monotonic()
+        if wait <= 0:
+            self._idle_at = time.monotonic()
+            self.idle()
+        elif not self._idle_pending:
+            self._idle_pending = True
+            asyncio.get_running_loop().call_later(wait, self._idle_later)
+
+    def _idle_later(self) -> None:
+        self._idle_pending = False
+        self._maybe_idle()
 
     def _observe(self, what: str, value: int = 1) -> None:
         if self.metrics is not None:

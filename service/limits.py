@@ -37,6 +37,14 @@ class Limits:
     retry_after_s: int
     read_timeout_s: float
     decode_threads: int
+    decode_cpu_s: float
+    request_decode_cpu_s: float
+    max_reading: int
+    max_buffered_mb: float
+    header_timeout_s: float
+    max_header_kb: int
+    keep_alive_s: float
+    max_connections: int
     max_batch: int = MODEL_BATCH
 
     @property

@@ -16,12 +16,15 @@ model; a photo without a face is a 422), and concurrent photos share model batch
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
+import ctypes
+import dataclasses
+import hashlib
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+import re
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -37,8 +40,10 @@ from starlette.routing import Route
 
 from pipeline.model import predict as model_predict
 from pipeline.model import serving_model
-from pipeline.preprocess import Framed, ImageError, frame, open_image
+from pipeline.preprocess import Framed, ImageError
+from service import frontdoor
 from service.batcher import Batcher
+from service.decoder import DecodePool, DecodeRefused
 from service.guard import UploadGuard
 from service.limits import check_models, guard_routes
 from service.logs import ClientErrorFilter
@@ -56,12 +61,18 @@ REFS = {"gender": bentoml.models.BentoModel(GENDER_TAG), "rating": bentoml.model
 # Read from the stored models (sha256-checked: a corrupt model stops `bentoml serve` here, with a
 # message naming tag, path and hash, before any worker starts - no restart loop).
 LIMITS = check_models(REFS)
+TIMEOUT_S = 60                                          # BentoML's traffic timeout (504 past it)
 logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
+frontdoor.install(frontdoor.Bounds(header_timeout_s=LIMITS.header_timeout_s, max_header_bytes=LIMITS.max_header_kb * 1024,
+                                   body_timeout_s=TIMEOUT_S, keep_alive_s=LIMITS.keep_alive_s,
+                                   max_connections=LIMITS.max_connections))
 
 
 def checked_image(upload: UploadFile | bytes) -> Image.Image:
-    """Upload -> a photo whose header was read and checked (format allow-list, size, pixels); its
-    pixels are decoded later, off the event loop. A ValueError is a 400 with the message (no paths).
+    """Upload -> its bytes, size-checked, carried in a 1x1 placeholder image (BentoML passes a PIL
+    image through untouched; it would open anything else itself, on the event loop). Nothing is
+    parsed here: the header, the decode and the face step run in a killable decoder process
+    (service/decoder.py). A ValueError is a 400 with the message (no paths).
 
     HTTP uploads arrive as UploadFile (guard.py lets only file parts through); in-process callers may
     pass bytes. Anything else - a path, a URL, a decoded image - is refused: no input may name a
@@ -74,18 +85,11 @@ def checked_image(upload: UploadFile | bytes) -> Image.Image:
         raise ValueError("send the photo as a file upload (multipart/form-data; in process: bytes)")
     if len(data) > LIMITS.max_upload_bytes:
         raise ValueError(f"file too large: over {LIMITS.max_upload_bytes} bytes")
-    try:
-        return open_image(data, LIMITS.max_pixels)
-    except ImageError as e:
-        raise ValueError(f"unusable image: {e.reason}") from None
-
-
-def within_budget(images: list[Image.Image]) -> list[Image.Image]:
-    """All photos of one request together stay within the pixel budget (decode time and memory)."""
-    total = sum(im.width * im.height for im in images)
-    if total > LIMITS.max_request_pixels:
-        raise ValueError(f"{total} pixels in this request; at most {LIMITS.max_request_pixels}")
-    return images
+    if not data:
+        raise ValueError("unusable image: empty file")
+    holder = Image.new("1", (1, 1))
+    holder.info["upload"] = data
+    return holder
 
 
 def checked_pixels(b64: str) -> str:
@@ -129,7 +133,7 @@ def bad_photo(field: str, message: str) -> ValidationError:
 
 
 Photo = Annotated[Image.Image, BeforeValidator(checked_image)]
-Photos = Annotated[list[Photo], Field(min_length=1, max_length=LIMITS.max_batch_files), AfterValidator(within_budget)]
+Photos = Annotated[list[Photo], Field(min_length=1, max_length=LIMITS.max_batch_files)]
 Pixels = Annotated[str, AfterValidator(checked_pixels)]
 # an empty list would reach BentoML's batch dispatcher, which fails on it with a 500 (schemathesis)
 PixelBatch = Annotated[list[Pixels], Field(min_length=1, max_length=LIMITS.max_batch_files)]
@@ -189,20 +193,51 @@ def guard_metrics(event: str, value: int = 1) -> None:
         GUARD_EVENTS.labels(event=event).inc(value)
 
 
+@cache
+def page(name: str, inline_style_attrs: bool = False) -> tuple[str, str]:
+    """A static page and its Content-Security-Policy: only this origin, and the page's own inline
+    <script>/<style> blocks by hash (an injected script has none). Swagger UI sets style attributes
+    from its bundle, so /docs also allows inline styles (not scripts)."""
+    html = (Path(__file__).parent / "static" / name).read_text()
+
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
+        return " ".join("'sha256-" + base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() + "'"
+                        for b in blocks)
+    style = "'unsafe-inline'" if inline_style_attrs else hashes("style")
+    csp = (f"default-src 'self'; script-src 'self' {hashes('script')}; style-src 'self' {style}; "
+           "img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+    return html, csp
+
+
+def html_answer(name: str, inline_style_attrs: bool = False) -> HTMLResponse:
+    html, csp = page(name, inline_style_attrs)
+    return HTMLResponse(html, headers={"content-security-policy": csp, **dict(
+        (k.decode(), v.decode()) for k, v in frontdoor.HTML_HEADERS)})
+
+
 async def index(_request) -> HTMLResponse:
-    return HTMLResponse((Path(__file__).parent / "static" / "index.html").read_text())
+    return html_answer("index.html")
 
 
 async def docs(_request) -> HTMLResponse:
     """Swagger UI for /docs.json (BentoML's own page lived at /, where the demo page is now)."""
-    return HTMLResponse((Path(__file__).parent / "static" / "docs.html").read_text())
+    return html_answer("docs.html", inline_style_attrs=True)
+
+
+def give_memory_back() -> None:
+    """glibc keeps freed request buffers in its arenas; malloc_trim returns them to the system
+    (README, Reliability: worker RSS after hostile traffic)."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 @bentoml.asgi_app(Starlette(routes=[Route("/", index), Route("/docs", docs)]), path="/")
 # The access log's request type/length fields are off: BentoML decodes those request headers as UTF-8
 # when it logs the answer, so one non-UTF-8 byte in a Content-Type turned any answer into a dropped
 # connection with an ERROR traceback (found by bench/hardening.py's fuzz).
-@bentoml.service(resources={"gpu": 1, "cpu": "2"}, traffic={"timeout": 60}, workers=WORKERS,
+@bentoml.service(resources={"gpu": 1, "cpu": "2"}, traffic={"timeout": TIMEOUT_S}, workers=WORKERS,
                  tracing={"excluded_urls": UNTRACED},
                  logging={"access": {"request_content_type": False, "request_content_length": False}})
 class Faces:
@@ -222,17 +257,18 @@ class Faces:
         self.versions["refit"] = all(lb.get("weights", "split").startswith("refit") for lb in labels)
         self.policy.apply_threads()
         self.size, self.tta_flip, self.face = LIMITS.image_size, LIMITS.tta_flip, LIMITS.face
-        if self.face is not None:
-            import cv2
-
-            # the detector's pyramid levels spread over all cores: a lone photo's face step takes
-            # 8 ms instead of 11 (bench/serve.py); under load the decode pool bounds it anyway
-            cv2.setNumThreads(os.cpu_count() or 1)
         self.batcher = Batcher(self._forward, LIMITS.max_batch, on_batch=BATCH_SIZES.observe)
-        # decode + resize run here, not on the event loop (which keeps accepting and answering)
-        self.decoder = ThreadPoolExecutor(LIMITS.decode_threads, thread_name_prefix="decode")
+        # header, decode, face step and resize run in killable child processes, not on the event
+        # loop; the face step's pyramid levels spread over the cores this process may use (a lone
+        # photo's face step: 8 ms instead of 11, bench/serve.py); under load the pool bounds it anyway
+        self.decoder = DecodePool(LIMITS.decode_threads, {
+            "size": self.size, "max_pixels": LIMITS.max_pixels, "threads": len(os.sched_getaffinity(0)),
+            "face": dataclasses.asdict(self.face) if self.face is not None else None},
+            wall_s=10 * LIMITS.decode_cpu_s)
 
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=LIMITS.max_batch, max_latency_ms=2000)
+    # max_latency_ms = the traffic timeout: BentoML's dispatcher never sheds on its own (its 503 had a
+    # generic body, no Retry-After and an ERROR traceback); admission is the guard's (max_inflight)
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=LIMITS.max_batch, max_latency_ms=TIMEOUT_S * 1000)
     def infer(self, pixels: PixelBatch) -> list[list[float]]:
         """Photos as base64 pixels (see checked_pixels) -> [P(male), rating] each; concurrent calls
         are merged into one model batch (adaptive batching)."""
@@ -259,19 +295,28 @@ class Faces:
         return rows
 
     async def _decode(self, images: list[Image.Image], field: str) -> list[Framed]:
-        """Checked photos -> decoded, face found (when the models use face crops), cropped and
-        resized in the bounded pool. A photo without a face is a 422, an undecodable one a 400."""
-        loop = asyncio.get_running_loop()
-        out = []
+        """Uploads -> decoded, face found (when the models use face crops), cropped and resized in
+        the decoder processes, one photo at a time, within the per-photo and per-request CPU budgets
+        and the request's pixel budget. No face: 422; not a usable photo, or over a budget: 400."""
+        out, cpu, pixels = [], 0.0, 0
         for i, im in enumerate(images):
+            which = "" if len(images) == 1 else f"photo {i + 1} of {len(images)}: "
+            budget = min(LIMITS.decode_cpu_s, LIMITS.request_decode_cpu_s - cpu)
             try:
-                out.append(await loop.run_in_executor(self.decoder, frame, im, self.size, self.face))
+                got = await self.decoder.frame(im.info["upload"], budget)
+            except DecodeRefused as e:
+                if e.status == 503:
+                    raise bentoml.exceptions.ServiceUnavailable(e.reason) from None
+                raise bad_photo(field, f"{which}unusable image: {e.reason}") from None
             except ImageError as e:
                 if e.reason == "no face" and self.face is not None:      # only a face crop finds no face
-                    which = "" if len(images) == 1 else f"photo {i + 1} of {len(images)}: "
                     raise NoFace(f"{which}no face found (faces smaller than {self.face.min_face:.0%} of the "
                                  "photo's shorter side, or turned away from the camera, are not found)") from None
-                raise bad_photo(field, f"unusable image: {e.reason}") from None
+                raise bad_photo(field, f"{which}unusable image: {e.reason}") from None
+            cpu, pixels = cpu + got.cpu_s, pixels + got.pixels
+            if pixels > LIMITS.max_request_pixels:
+                raise bad_photo(field, f"over {LIMITS.max_request_pixels} pixels in this request")
+            out.append(got.framed)
         return out
 
     @bentoml.api
@@ -298,4 +343,5 @@ Faces.add_asgi_middleware(DocsAnswers, routes={"/predict": PHOTO_ANSWERS,  # typ
                                                "/predict_batch": PHOTO_ANSWERS, "/infer": ("408", "413", "503")})
 Faces.add_asgi_middleware(UploadGuard, routes=guard_routes(LIMITS),  # type: ignore[attr-defined]
                           max_inflight=LIMITS.max_inflight, retry_after_s=LIMITS.retry_after_s,
-                          read_timeout_s=LIMITS.read_timeout_s, metrics=guard_metrics)
+                          read_timeout_s=LIMITS.read_timeout_s, max_reading=LIMITS.max_reading,
+                          max_buffered_mb=LIMITS.max_buffered_mb, metrics=guard_metrics, idle=give_memory_back)

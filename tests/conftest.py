@@ -153,7 +153,9 @@ def tiny_bundle(path: Path, task: str, size: int = 32, seed: int = 0) -> Path:
 # the serving bounds of the test models (params.yaml `package` without the name prefix; smaller numbers)
 TEST_SERVING = {"max_upload_mb": 1, "max_request_mb": 3, "max_pixels": 4_000_000, "max_request_pixels": 6_000_000,
                 "max_batch_files": 4, "max_inflight": 8, "retry_after_s": 1, "read_timeout_s": 15,
-                "decode_threads": 1}
+                "decode_threads": 1, "decode_cpu_s": 1.0, "request_decode_cpu_s": 4.0, "max_reading": 128,
+                "max_buffered_mb": 256, "header_timeout_s": 10, "max_header_kb": 16, "keep_alive_s": 5,
+                "max_connections": 512}
 CENTRE = {"crop": "centre"}   # the crop contract of centre-crop models
 DEFAULT_EXECUTION = {"precision": "auto", "channels_last": True}   # params.yaml's train.precision / channels_last
 

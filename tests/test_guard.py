@@ -31,6 +31,12 @@ def test_names_are_read_from_each_parts_headers_never_from_the_photo_bytes():
     ([(b"content-type", b"multipart/form-data")], 400),                       # no boundary
     ([(b"content-type", b"multipart/form-data; boundary=" + b"b" * 71)], 400),
     ([(b"content-type", b"multipart/mixed; boundary=XyZ")], 415),
+    # Starlette decodes part names with `charset` (an unknown one was a 500): only the boundary passes
+    ([(b"content-type", b"multipart/form-data; boundary=XyZ; charset=utf-8")], 400),
+    ([(b"content-type", b"multipart/form-data; charset=bogus; boundary=XyZ")], 400),
+    ([(b"content-type", b"multipart/form-data; boundary=XyZ; boundary=Other")], 400),
+    ([(b"content-type", b"multipart/form-data; boundary*=utf-8''XyZ")], 400),
+    ([(b"content-type", b"multipart/form-data; boundary=XyZ; x=1")], 400),
 ])
 def test_header_checks(headers, status):
     with pytest.raises(Refused) as e:
@@ -88,9 +94,11 @@ def test_a_declared_oversize_body_is_refused_before_a_byte_is_read():
 
 def test_a_body_growing_past_the_limit_is_refused_while_streaming():
     calls = []
-    conn = Conn(chunks=[b"x" * 4000] * 5)                                   # no Content-Length (chunked)
+    head = _part("image", b"")[:-2]
+    conn = Conn(chunks=[head] + [b"x" * 4000] * 5)                         # no Content-Length (chunked)
     asyncio.run(_guard(_ok_app(calls))(conn.scope, conn.receive, conn.send))
     assert conn.status == 413 and conn.received == 3 and calls == []
+    assert conn.headers[b"connection"] == b"close"          # the rest of the body is never read
 
 
 def test_a_valid_body_is_handed_to_the_app_in_one_piece():
@@ -160,7 +168,7 @@ def test_a_client_gone_while_queued_is_cancelled_and_its_photo_never_reaches_the
         guard = _guard(app, max_inflight=8)
         conns = {k: Conn(chunks=[b"p" + k], hang_up_after_body=True) for k in (b"A", b"B", b"C")}
         for c in conns.values():
-            c.scope["headers"] = [(b"content-type", b"multipart/form-data; boundary=XyZ")]
+            c.scope["headers"] = [(b"content-type", b"multipart/form-data")]
         # the guard parses multipart: bypass it for this test by patching the route to JSON
         guard.routes = {"/predict": Route(b"multipart/form-data", None, 0, 100)}
         a = asyncio.ensure_future(guard(conns[b"A"].scope, conns[b"A"].receive, conns[b"A"].send))
@@ -181,13 +189,107 @@ def test_a_client_gone_while_queued_is_cancelled_and_its_photo_never_reaches_the
 def test_a_body_trickled_too_slowly_is_a_408_and_frees_its_slot():
     calls = []
 
+    body = _part("image", b"\xff\xd8" * 100)
+
     class Slow(Conn):
         async def receive(self):
             self.received += 1
             await asyncio.sleep(0.03)
-            return {"type": "http.request", "body": b"x", "more_body": True}
+            return {"type": "http.request", "body": body[self.received - 1:self.received], "more_body": True}
 
     conn = Slow()
     guard = UploadGuard(_ok_app(calls), {"/predict": ROUTE}, max_inflight=2, retry_after_s=1, read_timeout_s=0.1)
     asyncio.run(guard(conn.scope, conn.receive, conn.send))
     assert conn.status == 408 and calls == [] and guard.inflight == 0 and conn.received <= 5
+
+
+JSON = Route(b"application/json", None, 0, 1000)
+
+
+@pytest.mark.parametrize("ctype, ok", [(b"application/json", True), (b"application/json; charset=utf-8", True),
+                                       (b"application/json; charset=UTF-8", True), (b"application/json; charset=utf-16", False),
+                                       (b"application/json; x=1", False), (b"application/json; charset=utf-8; x=1", False)])
+def test_a_json_route_takes_no_parameter_but_charset_utf8(ctype, ok):
+    if ok:
+        assert check_headers([(b"content-type", ctype)], JSON) == b""
+    else:
+        with pytest.raises(Refused) as e:
+            check_headers([(b"content-type", ctype)], JSON)
+        assert e.value.status == 400
+
+
+def test_empty_parts_are_refused_at_the_first_one_before_the_rest_arrives():
+    empty = b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="a"\r\n\r\n\r\n'
+    conn = Conn(chunks=[empty * 2, empty * 100, empty * 100, b"--XyZ--\r\n"])
+    route = Route(b"multipart/form-data", b"image", 32, 10**6, 5_000)
+    guard = UploadGuard(_ok_app([]), {"/predict": route}, max_inflight=2, retry_after_s=1)
+    asyncio.run(guard(conn.scope, conn.receive, conn.send))
+    assert conn.status == 400 and "empty" in json.loads(conn.body)["error"] and conn.received == 1
+
+
+def test_the_file_after_the_last_allowed_one_is_refused_when_it_begins():
+    one = _part("image", b"\xff\xd8")
+    conn = Conn(chunks=[one, one, b"x" * 4000, b"--XyZ--\r\n"])            # max_files = 1
+    asyncio.run(_guard(_ok_app([]))(conn.scope, conn.receive, conn.send))
+    assert conn.status == 400 and "more than 1 files" in json.loads(conn.body)["error"] and conn.received == 2
+
+
+def test_a_slow_body_holds_no_model_slot_once_it_is_slow(monkeypatch):
+    """max_inflight=1: a body arriving at full speed holds the slot (overload is shed before reading);
+    past SLOW_AFTER_S it no longer does, and a whole request is admitted and answered meanwhile."""
+    monkeypatch.setattr("service.guard.SLOW_AFTER_S", 0.05)
+    body = _part("image", b"\xff\xd8") + b"--XyZ--\r\n"
+    calls: list = []
+
+    class Trickle(Conn):
+        async def receive(self):
+            self.received += 1
+            await asyncio.sleep(0.02)
+            return {"type": "http.request", "body": body[:1] if self.received == 1 else b"", "more_body": True}
+
+    async def scenario():
+        guard = UploadGuard(_ok_app(calls), {"/predict": ROUTE}, max_inflight=1, retry_after_s=1, read_timeout_s=0.5)
+        slow, fast = Trickle(), Conn(chunks=[body])
+        trickling = asyncio.ensure_future(guard(slow.scope, slow.receive, slow.send))
+        await asyncio.sleep(0.01)
+        early = Conn(chunks=[body])
+        await guard(early.scope, early.receive, early.send)
+        assert early.status == 503 and guard.fast_reading == 1           # still arriving at full speed
+        await asyncio.sleep(0.1)
+        assert guard.reading == 1 and guard.fast_reading == 0 and guard.inflight == 0
+        await asyncio.wait_for(guard(fast.scope, fast.receive, fast.send), 0.2)
+        await trickling
+        return slow.status, fast.status
+    assert asyncio.run(scenario()) == (408, 200) and calls == [body]
+
+
+def test_bodies_past_the_buffer_budget_are_shed_with_retry_after():
+    conn = Conn(chunks=[_part("image", b"\xff" * 3000), b"--XyZ--\r\n"])
+    guard = UploadGuard(_ok_app([]), {"/predict": ROUTE}, max_inflight=2, retry_after_s=2, max_buffered_mb=1000 / 2**20)
+    asyncio.run(guard(conn.scope, conn.receive, conn.send))
+    assert conn.status == 503 and conn.headers[b"retry-after"] == b"2" and guard.buffered == 0 and guard.reading == 0
+
+
+def test_a_503_from_inside_becomes_the_guards_own_with_retry_after():
+    async def busy(scope, receive, send):      # what BentoML's batch dispatcher answers when it sheds
+        await receive()
+        await send({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"Service Busy"})
+
+    conn = Conn(chunks=[_part("image", b"\xff\xd8") + b"--XyZ--\r\n"])
+    asyncio.run(_guard(busy)(conn.scope, conn.receive, conn.send))
+    assert conn.status == 503 and conn.headers[b"retry-after"] == b"3"
+    assert json.loads(conn.body) == {"error": "server busy, retry later"}
+
+
+def test_the_idle_hook_runs_once_nothing_is_read_or_processed():
+    idle: list = []
+    body = _part("image", b"\xff\xd8") + b"--XyZ--\r\n"
+    guard = UploadGuard(_ok_app([]), {"/predict": ROUTE}, max_inflight=2, retry_after_s=1, idle=lambda: idle.append(1))
+
+    async def two():
+        for _ in range(2):
+            conn = Conn(chunks=[body])
+            await guard(conn.scope, conn.receive, conn.send)
+    asyncio.run(two())
+    assert idle == [1]                     # the second, within 5 s, only schedules a later check

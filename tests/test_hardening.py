@@ -6,7 +6,10 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
-hardening = pytest.importorskip("hardening")
+import hardening  # noqa: E402 - a plain import: a missing dependency fails here instead of skipping every test
+import siege  # noqa: E402
+
+PHOTO = (ROOT / "service" / "example.jpg").read_bytes()
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -72,3 +75,64 @@ def test_schemathesis_generated_requests_never_get_a_5xx(server):
         pytest.skip("schemathesis not installed: `make st` (.ci/run does)")
     out = hardening.schema(server, str(st), max_examples=60)
     assert out["exit_code"] == 0, out["tail"]
+
+
+# The attacker's corpus (bench/attacks.py, bench/siege.py), short form; the test models allow 1 MB photos
+
+def test_crafted_attacks_get_fast_json_4xx_and_the_server_stays_responsive(server_process):
+    url, pid = server_process
+    workers = hardening.workers(pid)
+    before = hardening.rss_mb(workers)
+    out = siege.crafted(_port(url), PHOTO, mb=0.9, repeat=4)
+    assert out["five_xx"] == 0 and out["n_unexpected"] == 0, out["unexpected"]
+    assert {"params", "decode", "multipart", "http", "paths"} <= set(out["classes"])
+    assert all(c["slowest_s"] < 6 for c in out["classes"].values()), out["classes"]     # any photo: <= 6 s
+    assert out["livez_p99_s"] < 1.0 and out["livez_n"] >= 3, out                    # the event loop is free
+    assert out["predict_max_s"] < 1.5 and out["predict_not_200"] == 0, out
+    import time
+
+    time.sleep(6)                                       # the guard's idle hook trims at most every 5 s
+    after = hardening.rss_mb(workers)
+    assert all(after[p] - before[p] < 150 for p in after), (before, after)
+
+
+def test_slow_senders_hold_no_slot_and_are_cut_off(server_process):
+    url, _ = server_process
+    out = siege.slow(_port(url), PHOTO, n=100, legit=20, hold_s=25)       # max_inflight is 8 per worker
+    assert out["legit_statuses"] == {200: 20}, out
+    # a burst of 100 arrives at full speed for 0.5 s: those past max_inflight are shed (503) at once;
+    # the others trickle until read_timeout_s (15 s) and get a 408
+    assert set(out["slow_answers"]) <= {"408", "503"} and out["slow_answers"].get("408", 0) >= 8, out
+    assert out["slow_cut_after_s"]["max"] < 18, out
+
+
+def test_idle_and_half_header_connections_are_closed_at_the_header_deadline(server_process):
+    url, _ = server_process
+    out = siege.idle(_port(url), n=10, limit_s=30)
+    assert out["still_open"] == 0 and out["closed_after_max_s"] < 12, out                 # header_timeout_s 10
+
+
+def test_unknown_paths_add_no_metric_series(server_process):
+    url, _ = server_process
+    siege.metrics(_port(url), n=5)                      # the shared "/unknown" series exist from here on
+    out = siege.metrics(_port(url), n=200)
+    assert out["metrics_bytes_after"] - out["metrics_bytes_before"] < 500, out
+
+
+def test_infer_overload_is_answered_by_the_guard_not_bentomls_dispatcher(server_process):
+    url, _ = server_process
+    out = siege.infer_burst(_port(url), 32, n=200, concurrency=64)              # 4x the test max_inflight
+    assert set(out["statuses"]) <= {200, 503} and out["statuses"].get(200, 0) > 0, out
+    assert out["foreign_503"] == [], out
+
+
+def test_pages_carry_security_headers_and_no_redirect_names_the_clients_host(server):
+    import httpx
+
+    page = httpx.get(f"{server}/", headers={"Host": "evil.example"})
+    assert page.status_code == 200 and page.headers["x-frame-options"] == "DENY"
+    assert "script-src 'self' 'sha256-" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+    for path in ("/docs/", "/predict/", "//evil.example/"):
+        r = httpx.get(f"{server}{path}", headers={"Host": "evil.example"}, follow_redirects=False)
+        assert "evil" not in r.headers.get("location", ""), (path, r.headers)

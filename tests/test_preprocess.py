@@ -121,3 +121,41 @@ def test_a_multi_frame_image_uses_its_first_frame():
     buf = io.BytesIO()
     frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
     assert tuple(load_uint8(buf.getvalue(), 8, 10**6)[4, 4]) == (250, 0, 0)
+
+
+# Photos within the byte and pixel limits that would cost seconds of CPU (bench/attacks.py crafts them)
+def _attacks():
+    import sys
+
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "bench"))
+    import attacks
+    return attacks
+
+
+@pytest.mark.parametrize("case, reason", [
+    (lambda a: a.progressive_bomb(2000, 2000, 1000), "too many scans"),           # 2.7 s in Pillow
+    (lambda a: a.progressive_bomb(6000, 6000, 30), "too many scans"),             # 36 scans x 36 MP
+    (lambda a: b"\xff\xd8" + b"\xff" * 5_000_000, "too many markers"),            # fill bytes
+    (lambda a: b"\xff\xd8" + b"\xff\xfe\x00\x02" * 300_000, "too many markers"),  # empty comments
+    (lambda a: a.png_chunk_flood(30_000), "too many chunks"),
+    (lambda a: a.png_chunk_flood(30_000, after_idat=True), "too many chunks"),
+    (lambda a: a.flat_png(5000, 4000), "too many pixels for its format"),         # 20 MP PNG: no draft
+])
+def test_files_that_make_the_decoder_loop_are_refused_from_their_structure(case, reason):
+    import time
+
+    data = case(_attacks())
+    t0 = time.process_time()
+    with pytest.raises(ImageError) as e:
+        open_rgb(data, 40_000_000)
+    assert e.value.reason == reason and time.process_time() - t0 < 0.2
+
+
+def test_ordinary_progressive_jpegs_and_big_jpegs_still_open():
+    a = _attacks()
+    assert open_rgb(a.progressive_bomb(1000, 800, 0), 40_000_000).size == (1000, 800)     # 6 scans
+    assert open_rgb(a.progressive_bomb(1000, 800, 40), 40_000_000).size == (1000, 800)    # 46 scans x 0.8 MP
+    big = _encode(Image.new("RGB", (6000, 4000)), "JPEG")                                  # 24 MP: draft-decoded
+    assert open_rgb(big, 40_000_000).size == (6000, 4000)
+    assert open_rgb(a.flat_png(4000, 4000), 40_000_000).size == (4000, 4000)            # 16 MP PNG: allowed

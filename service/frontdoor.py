@@ -1,0 +1,298 @@
+"""The connection layer, in front of BentoML: what uvicorn (httptools) as BentoML starts it leaves open.
+
+uvicorn 0.54's httptools protocol has no header-read timeout, buffers request headers without a size
+limit, never closes a connection that sent part of a request, and accepts any number of connections.
+BentoML passes no option for these, and its own middlewares (metrics, access log) see the request
+path before any middleware of the service. So this module replaces uvicorn's "auto" HTTP protocol
+with a subclass (`install`, called when service.service is imported, which BentoML does in each
+worker before it builds uvicorn's Config) that adds, per connection:
+- headers: the request line and headers must arrive within `header_timeout_s` and fit in
+  `max_header_bytes` (else a JSON 408 / 431 and the connection is closed);
+- body: a request's body must be complete within `body_timeout_s` of its headers (the guard answers
+  slow photo uploads with 408 sooner; this covers every other route);
+- connections: past `max_connections` per worker a new connection is closed at once;
+and wraps the application in `Outer`, the outermost ASGI layer, which
+- gives every path that no route serves the one label "/unknown" (BentoML's Prometheus middleware
+  labels series with the path as sent: a path per request was a new series, kept until restart);
+- rewrites a redirect's Location to a relative path (Starlette builds it from the Host header);
+- adds X-Content-Type-Options: nosniff to every answer, and CSP, X-Frame-Options and Referrer-Policy
+  to HTML ones.
+Why here and not in HAProxy (deploy/haproxy): `make serve`, the container, Kubernetes and the tests
+all run this same process; a proxy would be one more thing each of them must start.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import cast
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+UNKNOWN = "/unknown"
+HTML_HEADERS = [(b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer")]
+
+
+@dataclass(frozen=True)
+class Bounds:
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 16 * 1024
+    body_timeout_s: float = 60.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 512
+
+
+BOUNDS = Bounds()
+
+
+def install(bounds: Bounds) -> None:
+    """Makes uvicorn's default ("auto") HTTP protocol `FrontDoor` with these bounds."""
+    import uvicorn.config
+
+    global BOUNDS
+    BOUNDS = bounds
+    uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:FrontDoor"
+
+
+def raw_answer(status: int, phrase: str, message: str) -> bytes:
+    body = json.dumps({"error": message}).encode()
+    return (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n").encode() + body
+
+
+class HeadTooLarge(Exception):
+    """Raised inside httptools' callbacks: the parse stops (it re-raises as HttpParserCallbackError)."""
+
+
+class FrontDoor(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header/body deadlines, a header size limit and a connection cap."""
+
+    def __init__(self, config, server_state, app_state, _loop=None):
+        super().__init__(config, server_state, app_state, _loop)
+        self.app = outer(self.app)
+        self.timeout_keep_alive = BOUNDS.keep_alive_s
+        self._deadline: asyncio.TimerHandle | None = None
+        self._head_bytes = self._head_parsed = 0     # received while the head is incomplete / parsed
+        self._in_head = True
+
+    def connection_made(self, transport) -> None:
+        self.lingering = Lingering(transport, self._request_incomplete)
+        super().connection_made(cast(asyncio.Transport, self.lingering))   # uvicorn closes through it
+        if len(self.connections) > BOUNDS.max_connections:
+            transport.abort()                 # a flood of connections: no answer, no buffers
+            return
+        self._await_head()
+
+    def _request_incomplete(self) -> bool:
+        """Part of the current request is still to come (an early answer): closing now would reset."""
+        return (self.cycle is not None and self.cycle.more_body) or (self._in_head and self._head_bytes > 0)
+
+    def _await_head(self) -> None:
+        self._in_head, self._head_bytes, self._head_parsed = True, 0, 0
+        self._arm(BOUNDS.header_timeout_s, 408, "Request Timeout",
+                  f"request headers not received within {BOUNDS.header_timeout_s:g} s")
+
+    def _arm(self, seconds: float, status: int, phrase: str, message: str) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._expire, status, phrase, message)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self, status: int, phrase: str, message: str) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        idle_keep_alive = self.cycle is not None and self._in_head and self._head_bytes == 0
+        if not idle_keep_alive and (self.cycle is None or self.cycle.response_complete or not self.cycle.response_started):
+            self.transport.write(raw_answer(status, phrase, message))
+        self.transport.close()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's own, plus the header limit: bytes received while the head is incomplete (one
+        huge header is buffered inside httptools before any callback) and the parsed request line
+        and header sizes (10k small headers can arrive, complete, in one read)."""
+        if self.lingering.lingering:
+            return self.lingering.discard(len(data))
+        if self._in_head:
+            self._head_bytes += len(data)
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            if self._head_parsed <= BOUNDS.max_header_bytes:
+                msg = "Invalid HTTP request received."
+                self.logger.warning(msg)
+                self.send_400_response(msg)
+                return
+        over = self._head_parsed > BOUNDS.max_header_bytes or (self._in_head and self._head_bytes > BOUNDS.max_header_bytes)
+        if over and not self.transport.is_closing():
+            self._disarm()
+            self.transport.write(raw_answer(431, "Request Header Fields Too Large",
+                                            f"request line and headers over {BOUNDS.max_header_bytes} bytes"))
+            self.transport.close()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_head(self, n: int) -> None:
+        """Parsed head bytes; past the limit the parse stops here (data_received answers 431)."""
+        if not self._in_head:          # a pipelined request's head, parsed in the same read
+            self._in_head, self._head_bytes, self._head_parsed = True, 0, 0
+        self._head_parsed += n
+        if self._head_parsed > BOUNDS.max_header_bytes:
+            raise HeadTooLarge
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._arm(BOUNDS.body_timeout_s, 408, "Request Timeout",
+                  f"request not received within {BOUNDS.body_timeout_s:g} s")
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and (self.cycle is None or not self.cycle.more_body):
+            self._await_head()      # keep-alive: the next request's headers have the same deadline
+
+
+class Lingering:
+    """A transport whose close() is a lingering close, as nginx and Apache do, when part of the request
+    is still to come: the answer is sent and the write side shut (FIN), then whatever the client still
+    sends is read and dropped for up to LINGER_S or LINGER_BYTES before the socket is closed. Closing
+    a socket with unread data makes the kernel send a reset, which can destroy an early 413/431
+    before the client reads it. A connection whose request was read whole is closed at once."""
+
+    LINGER_S, LINGER_BYTES = 5.0, 32 << 20        # nginx: lingering_timeout 5 s
+
+    def __init__(self, transport, needed=lambda: True):
+        self._t, self._needed, self.lingering, self._dropped = transport, needed, False, 0
+
+    def __getattr__(self, name):
+        return getattr(self._t, name)
+
+    def close(self) -> None:
+        if self.lingering or self._t.is_closing():
+            return
+        if not self._needed() or not self._t.can_write_eof():
+            return self._t.close()          # the whole request was read: nothing left to reset on
+        self.lingering = True
+        self._t.write_eof()
+        if not self._t.is_reading():          # uvicorn pauses reading while a body waits
+            self._t.resume_reading()
+        asyncio.get_running_loop().call_later(self.LINGER_S, self._t.close)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._t.is_closing()
+
+    def discard(self, n: int) -> None:
+        self._dropped += n
+        if self._dropped > self.LINGER_BYTES:
+            self._t.abort()
+
+
+_OUTER: dict[int, Outer] = {}
+
+
+def outer(app) -> Outer:
+    """One `Outer` per application (uvicorn builds a protocol object per connection)."""
+    if id(app) not in _OUTER:
+        _OUTER[id(app)] = Outer(app)
+    return _OUTER[id(app)]
+
+
+class Outer:
+    """The outermost ASGI layer: unknown paths share a label, relative redirects, security headers."""
+
+    def __init__(self, app, csp: str = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+                                       "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"):
+        self.app, self.csp = app, csp
+        self._known: tuple[frozenset[str], tuple[str, ...]] | None = None
+
+    def known(self) -> tuple[frozenset[str], tuple[str, ...]]:
+        if self._known is None:
+            self._known = route_paths(self.app)
+        return self._known
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        exact, prefixes = self.known()
+        if exact and scope["path"] not in exact and not scope["path"].startswith(prefixes):
+            scope = {**scope, "path": UNKNOWN, "raw_path": UNKNOWN.encode()}
+        return await self.app(scope, receive, self._headers(send))
+
+    def _headers(self, send):
+        async def wrapped(msg):
+            if msg["type"] == "http.response.start":
+                headers = [(k, v) for k, v in msg.get("headers", []) if k.lower() != b"location"]
+                location = next((v for k, v in msg.get("headers", []) if k.lower() == b"location"), None)
+                if location is not None:
+                    headers.append((b"location", relative(location)))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+                if ctype.startswith(b"text/html") and not any(k.lower() == b"content-security-policy" for k, _ in headers):
+                    headers += [(b"content-security-policy", self.csp.encode()), *HTML_HEADERS]
+                msg = {**msg, "headers": headers}
+            await send(msg)
+        return wrapped
+
+
+def relative(location: bytes) -> bytes:
+    """http://evil.example/docs?x -> /docs?x: a redirect never names a host the client sent."""
+    url = httptools.parse_url(location) if b"://" in location else None
+    if url is None:
+        return location if location.startswith(b"/") and not location.startswith(b"//") else b"/"
+    return (url.path or b"/") + (b"?" + url.query if url.query else b"")
+
+
+def route_paths(app) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The paths an ASGI app serves: exact route paths and mount prefixes, found by walking the
+    middleware chain (`.app`) to the Starlette router. Empty when no router is found (then `Outer`
+    leaves paths as they are)."""
+    exact: set[str] = set()
+    prefixes: list[str] = []
+    seen = 0
+    node = app
+    while node is not None and seen < 32 and not hasattr(node, "routes"):
+        node = getattr(node, "app", None) or getattr(node, "router", None)
+        seen += 1
+    if node is not None:
+        _collect(node.routes, "", exact, prefixes)
+    return frozenset(exact), tuple(prefixes)
+
+
+def _collect(routes: Iterable, prefix: str, exact: set[str], prefixes: list[str]) -> None:
+    for r in routes:
+        path = getattr(r, "path", None)
+        if path is None:
+            continue
+        sub = getattr(r, "routes", None)
+        if sub is not None and hasattr(r, "app"):               # Mount (its routes may be empty: StaticFiles)
+            if sub:
+                _collect(sub, prefix + path, exact, prefixes)
+            else:
+                prefixes.append(prefix + path + "/")
+        else:
+            exact.add(prefix + path)
