@@ -145,8 +145,11 @@ def http_cases() -> list[tuple[str, bytes, str]]:
 
 
 def path_cases(n: int) -> list[tuple[str, bytes, str]]:
-    return [(f"unknown path {i}", f"GET /probe/{i}/{'x' * 100} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode(),
-             "4xx") for i in range(n)]
+    """Unknown paths, under no prefix and under the Swagger assets' mount; a redirect probe."""
+    get = "GET {} HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+    out = [(f"unknown path {i}", get.format(f"/probe/{i}/{'x' * 100}").encode(), "4xx") for i in range(n)]
+    out += [(f"unknown asset {i}", get.format(f"/static_content/{i}.js").encode(), "4xx") for i in range(n // 5)]
+    return out + [("/docs/ with a foreign Host", get.format("/docs/").encode(), "4xx")]
 
 
 def corpus(mb: float = 9.0, unknown_paths: int = 50) -> list[tuple[str, str, bytes, str]]:

@@ -159,6 +159,7 @@ def metrics(port: int, n: int = 500) -> dict:
     with httpx.Client(timeout=10) as c:
         for i in range(n):
             c.get(f"{url}/nowhere/{i}/{'x' * 64}")
+            c.get(f"{url}/static_content/{i}.css")
     after = len(httpx.get(f"{url}/metrics", timeout=10).content)
     return {"unknown_paths": n, "metrics_bytes_before": before, "metrics_bytes_after": after}
 

@@ -101,8 +101,9 @@ class _Child:
 class DecodePool:
     """`await pool.frame(data, budget_s)` -> Decoded; raises pipeline's ImageError or DecodeRefused."""
 
-    def __init__(self, n: int, setup: dict, wall_s: float = 10.0, max_rss_mb: float = 600.0):
+    def __init__(self, n: int, setup: dict, wall_s: float = 10.0, max_rss_mb: float = 600.0, on_kill=None):
         self.setup, self.wall_s, self.max_rss_mb = setup, wall_s, max_rss_mb
+        self.on_kill = on_kill or (lambda reason: None)   # reason: budget | client_gone | wall | memory | died
         self.idle: queue.Queue[_Child] = queue.Queue()
         for _ in range(n):
             self.idle.put(_Child(setup))
@@ -127,7 +128,8 @@ class DecodePool:
             while not select.select([child.stdout], [], [], POLL_S)[0]:
                 used = child.cpu_s() - child.cpu_mark     # /proc only for photos slower than a poll
                 if stop.is_set() or used > budget_s or time.monotonic() - t0 > self.wall_s:
-                    child = self._replace(child)
+                    reason = "client_gone" if stop.is_set() else "budget" if used > budget_s else "wall"
+                    child = self._replace(child, reason)
                     if stop.is_set():
                         raise DecodeRefused(499, "client gone")
                     if used > budget_s:
@@ -136,18 +138,19 @@ class DecodePool:
             status, value, pixels, cpu_now = _recv(child.stdout)
             cpu, child.cpu_mark = cpu_now - child.cpu_mark, cpu_now
             if _rss_mb(child.proc.pid) > self.max_rss_mb:
-                child = self._replace(child)
+                child = self._replace(child, "memory")
             if status == "error":
                 raise ImageError(*value)                  # the image path's reason and detail
             return Decoded(value, pixels, cpu)
         except (EOFError, OSError, BrokenPipeError):      # the child died (killed from outside, OOM)
-            child = self._replace(child)
+            child = self._replace(child, "died")
             raise DecodeRefused(503, "decoder restarted: retry") from None
         finally:
             self.idle.put(child)
 
-    def _replace(self, child: _Child) -> _Child:
+    def _replace(self, child: _Child, reason: str) -> _Child:
         self.killed += 1
+        self.on_kill(reason)
         child.kill()
         return _Child(self.setup)
 

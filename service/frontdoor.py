@@ -10,7 +10,8 @@ worker before it builds uvicorn's Config) that adds, per connection:
   `max_header_bytes` (else a JSON 408 / 431 and the connection is closed);
 - body: a request's body must be complete within `body_timeout_s` of its headers (the guard answers
   slow photo uploads with 408 sooner; this covers every other route);
-- connections: past `max_connections` per worker a new connection is closed at once;
+- connections: past `max_connections` per worker a new connection gets a 503 + Retry-After and is
+  closed, before anything is parsed;
 and wraps the application in `Outer`, the outermost ASGI layer, which
 - gives every path that no route serves the one label "/unknown" (BentoML's Prometheus middleware
   labels series with the path as sent: a path per request was a new series, kept until restart);
@@ -42,6 +43,7 @@ class Bounds:
     body_timeout_s: float = 60.0
     keep_alive_s: float = 5.0
     max_connections: int = 512
+    retry_after_s: int = 1
 
 
 BOUNDS = Bounds()
@@ -56,10 +58,11 @@ def install(bounds: Bounds) -> None:
     uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:FrontDoor"
 
 
-def raw_answer(status: int, phrase: str, message: str) -> bytes:
+def raw_answer(status: int, phrase: str, message: str, extra: Iterable[str] = ()) -> bytes:
     body = json.dumps({"error": message}).encode()
-    return (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n").encode() + body
+    head = [f"HTTP/1.1 {status} {phrase}", "content-type: application/json", f"content-length: {len(body)}",
+            "connection: close", *extra]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
 class HeadTooLarge(Exception):
@@ -80,8 +83,11 @@ class FrontDoor(HttpToolsProtocol):
     def connection_made(self, transport) -> None:
         self.lingering = Lingering(transport, self._request_incomplete)
         super().connection_made(cast(asyncio.Transport, self.lingering))   # uvicorn closes through it
-        if len(self.connections) > BOUNDS.max_connections:
-            transport.abort()                 # a flood of connections: no answer, no buffers
+        if len(self.connections) > BOUNDS.max_connections:      # a flood of connections: no parsing,
+            self._in_head = False                                 # no timers, one short answer
+            transport.write(raw_answer(503, "Service Unavailable", "too many connections, retry later",
+                                       [f"retry-after: {BOUNDS.retry_after_s}"]))
+            self.lingering.close()
             return
         self._await_head()
 
@@ -289,10 +295,30 @@ def _collect(routes: Iterable, prefix: str, exact: set[str], prefixes: list[str]
         if path is None:
             continue
         sub = getattr(r, "routes", None)
-        if sub is not None and hasattr(r, "app"):               # Mount (its routes may be empty: StaticFiles)
+        files = _static_files(getattr(r, "app", None))
+        if files is not None:                                    # StaticFiles: each file is a path
+            exact.update(f"{prefix}{path}/{f}" for f in files)
+        elif sub is not None and hasattr(r, "app"):              # Mount
             if sub:
                 _collect(sub, prefix + path, exact, prefixes)
             else:
                 prefixes.append(prefix + path + "/")
         else:
             exact.add(prefix + path)
+
+
+def _static_files(app, limit: int = 1000) -> list[str] | None:
+    """The files a Starlette StaticFiles app serves (relative paths), or None for any other app.
+    Listed once: a prefix would let every made-up file name under it become a metrics label."""
+    dirs = getattr(app, "all_directories", None)
+    if dirs is None:
+        return None
+    import os
+
+    out: list[str] = []
+    for d in dirs:
+        for root, _, names in os.walk(d):
+            out += [os.path.relpath(os.path.join(root, n), d).replace(os.sep, "/") for n in names]
+            if len(out) > limit:
+                return out[:limit]
+    return out

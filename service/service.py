@@ -65,11 +65,11 @@ TIMEOUT_S = 60                                          # BentoML's traffic time
 logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
 frontdoor.install(frontdoor.Bounds(header_timeout_s=LIMITS.header_timeout_s, max_header_bytes=LIMITS.max_header_kb * 1024,
                                    body_timeout_s=TIMEOUT_S, keep_alive_s=LIMITS.keep_alive_s,
-                                   max_connections=LIMITS.max_connections))
+                                   max_connections=LIMITS.max_connections, retry_after_s=LIMITS.retry_after_s))
 
 
 def checked_image(upload: UploadFile | bytes) -> Image.Image:
-    """Upload -> its bytes, size-checked, carried in a 1x1 placeholder image (BentoML passes a PIL
+    """Upload -> its bytes, size-checked, carried in an empty placeholder image (BentoML passes a PIL
     image through untouched; it would open anything else itself, on the event loop). Nothing is
     parsed here: the header, the decode and the face step run in a killable decoder process
     (service/decoder.py). A ValueError is a 400 with the message (no paths).
@@ -87,7 +87,7 @@ def checked_image(upload: UploadFile | bytes) -> Image.Image:
         raise ValueError(f"file too large: over {LIMITS.max_upload_bytes} bytes")
     if not data:
         raise ValueError("unusable image: empty file")
-    holder = Image.new("1", (1, 1))
+    holder = Image.Image()                  # no pixel buffer: 2 % of a worker's event loop under load
     holder.info["upload"] = data
     return holder
 
@@ -181,6 +181,9 @@ BATCH_SIZES = bentoml.metrics.Histogram(
 GUARD_EVENTS = bentoml.metrics.Counter(
     name="faces_guard_events", documentation="model-route requests refused (4xx), shed (503) or "
     "abandoned by their client (client_gone)", labelnames=["event"])
+DECODER_KILLS = bentoml.metrics.Counter(
+    name="faces_decoder_kills", documentation="decoder processes stopped and replaced: budget (a photo over "
+    "its CPU budget), client_gone, wall (no answer in time), memory, died", labelnames=["reason"])
 INFLIGHT = bentoml.metrics.Gauge(
     name="faces_inflight_requests", documentation="model-route requests admitted and not yet answered",
     multiprocess_mode="livesum")
@@ -264,7 +267,7 @@ class Faces:
         self.decoder = DecodePool(LIMITS.decode_threads, {
             "size": self.size, "max_pixels": LIMITS.max_pixels, "threads": len(os.sched_getaffinity(0)),
             "face": dataclasses.asdict(self.face) if self.face is not None else None},
-            wall_s=10 * LIMITS.decode_cpu_s)
+            wall_s=10 * LIMITS.decode_cpu_s, on_kill=lambda reason: DECODER_KILLS.labels(reason=reason).inc())
 
     # max_latency_ms = the traffic timeout: BentoML's dispatcher never sheds on its own (its 503 had a
     # generic body, no Retry-After and an ERROR traceback); admission is the guard's (max_inflight)

@@ -136,3 +136,31 @@ def test_pages_carry_security_headers_and_no_redirect_names_the_clients_host(ser
     for path in ("/docs/", "/predict/", "//evil.example/"):
         r = httpx.get(f"{server}{path}", headers={"Host": "evil.example"}, follow_redirects=False)
         assert "evil" not in r.headers.get("location", ""), (path, r.headers)
+
+
+def test_a_decode_stops_within_a_second_of_its_client_leaving(server_process):
+    """4 photos that each decode for ~0.2 s (progressive JPEGs at the scan limit); the client leaves
+    0.3 s in: the decoder at work is killed (counted as client_gone) instead of finishing the batch."""
+    import asyncio
+    import time
+
+    import attacks
+    from hostile import photo_request
+
+    url, _ = server_process
+    port = _port(url)
+    raw = photo_request("/predict_batch", [attacks.progressive_bomb(2000, 2000, 58)] * 4)
+    kills = 'faces_decoder_kills_total'
+    before = hardening.metric(port, kills, 'reason="client_gone"')
+
+    async def leave():
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.close()
+    asyncio.run(leave())
+    t0 = time.monotonic()
+    while hardening.metric(port, kills, 'reason="client_gone"') == before and time.monotonic() - t0 < 1.0:
+        time.sleep(0.05)
+    assert hardening.metric(port, kills, 'reason="client_gone"') == before + 1
