@@ -91,8 +91,9 @@ def decode_cases(mb: float) -> list[tuple[str, bytes, str]]:
         ("png: empty chunks after IDAT", png_chunk_flood((n - 200) // 12, after_idat=True), "any"),
         ("png: 36 MP of zeros (over the PNG/WebP budget)", flat_png(6000, 6000), "4xx"),
         ("webp: 16383 x 2400 flat (over the PNG/WebP budget)", _enc(Image.new("RGB", (16383, 2400)), "WEBP"), "4xx"),
-        ("png: 16 MP of zeros (within limits)", flat_png(4000, 4000), "any"),
-        ("webp: 16383 x 976 flat (within limits)", _enc(Image.new("RGB", (16383, 976)), "WEBP"), "any"),
+        ("png: 12 MP of zeros (within limits)", flat_png(4000, 3000), "any"),
+        ("webp: 12 MP flat (within limits)", _enc(Image.new("RGB", (4000, 3000)), "WEBP"), "any"),
+        ("webp: 16383 x 732 flat (within limits)", _enc(Image.new("RGB", (16383, 732)), "WEBP"), "any"),
     ]
 
 

@@ -46,10 +46,10 @@ MAX_SCAN_PIXELS = 500_000_000   # scans x pixels: 12 scans of a 40 MP photo, 64 
 MAX_JPEG_HEAD_BYTES = 4 * 2**20
 MAX_JPEG_HEAD_FF = 65_536
 MAX_PNG_CHUNKS = 20_000
-# PNG and WebP have no reduced-scale decode (JPEG's draft): every pixel is decoded, at 25-60 ns each
-# here (a 24 MP WebP took 0.9 s, a 36 MP PNG 0.9 s in the service's decoder), so they get a smaller
-# pixel budget than JPEG; 16 MP (~0.6 s) is more than any phone writes in these formats.
-MAX_FULL_DECODE_PIXELS = 16_000_000
+# PNG and WebP have no reduced-scale decode (JPEG's draft): every pixel is decoded, at 25-100 ns each
+# here (a 24 MP WebP took 0.9 s, a 36 MP PNG 0.9 s, a 16383 x 976 WebP 0.8 s in the service's
+# decoder), so they get a smaller pixel budget than JPEG: 12 MP, a phone camera's full frame.
+MAX_FULL_DECODE_PIXELS = 12_000_000
 
 
 class ImageError(ValueError):

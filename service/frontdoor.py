@@ -12,7 +12,8 @@ worker before it builds uvicorn's Config) that adds, per connection:
   slow photo uploads with 408 sooner; this covers every other route);
 - connections: past `max_connections` per worker a new connection gets a 503 + Retry-After and is
   closed, before anything is parsed;
-and wraps the application in `Outer`, the outermost ASGI layer, which
+and wraps the application in `Outer`, the outermost ASGI layer (around the service's upload guard,
+service/guard.py, which so runs before BentoML's middlewares), which
 - gives every path that no route serves the one label "/unknown" (BentoML's Prometheus middleware
   labels series with the path as sent: a path per request was a new series, kept until restart);
 - rewrites a redirect's Location to a relative path (Starlette builds it from the Host header);
@@ -49,12 +50,18 @@ class Bounds:
 BOUNDS = Bounds()
 
 
-def install(bounds: Bounds) -> None:
-    """Makes uvicorn's default ("auto") HTTP protocol `FrontDoor` with these bounds."""
+WRAP = None   # the service's own outermost layer (its upload guard), applied inside `Outer`
+
+
+def install(bounds: Bounds, wrap=None) -> None:
+    """Makes uvicorn's default ("auto") HTTP protocol `FrontDoor` with these bounds; `wrap(app)` (the
+    upload guard) then runs before any of BentoML's middlewares (metrics, tracing, access log), so a
+    shed or refused request costs the event loop almost nothing."""
     import uvicorn.config
 
-    global BOUNDS
-    BOUNDS = bounds
+    global BOUNDS, WRAP
+    BOUNDS, WRAP = bounds, wrap
+    _OUTER.clear()
     uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:FrontDoor"
 
 
@@ -222,9 +229,9 @@ _OUTER: dict[int, Outer] = {}
 
 
 def outer(app) -> Outer:
-    """One `Outer` per application (uvicorn builds a protocol object per connection)."""
+    """One `Outer` (around `WRAP(app)`) per application (uvicorn builds a protocol per connection)."""
     if id(app) not in _OUTER:
-        _OUTER[id(app)] = Outer(app)
+        _OUTER[id(app)] = Outer(WRAP(app) if WRAP is not None else app)
     return _OUTER[id(app)]
 
 

@@ -63,9 +63,6 @@ REFS = {"gender": bentoml.models.BentoModel(GENDER_TAG), "rating": bentoml.model
 LIMITS = check_models(REFS)
 TIMEOUT_S = 60                                          # BentoML's traffic timeout (504 past it)
 logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
-frontdoor.install(frontdoor.Bounds(header_timeout_s=LIMITS.header_timeout_s, max_header_bytes=LIMITS.max_header_kb * 1024,
-                                   body_timeout_s=TIMEOUT_S, keep_alive_s=LIMITS.keep_alive_s,
-                                   max_connections=LIMITS.max_connections, retry_after_s=LIMITS.retry_after_s))
 
 
 def checked_image(upload: UploadFile | bytes) -> Image.Image:
@@ -344,7 +341,23 @@ PHOTO_ANSWERS = ("408", "413", "422", "503")
 # add_asgi_middleware is added to the class by @bentoml.service (mypy cannot see it)
 Faces.add_asgi_middleware(DocsAnswers, routes={"/predict": PHOTO_ANSWERS,  # type: ignore[attr-defined]
                                                "/predict_batch": PHOTO_ANSWERS, "/infer": ("408", "413", "503")})
-Faces.add_asgi_middleware(UploadGuard, routes=guard_routes(LIMITS),  # type: ignore[attr-defined]
-                          max_inflight=LIMITS.max_inflight, retry_after_s=LIMITS.retry_after_s,
-                          read_timeout_s=LIMITS.read_timeout_s, max_reading=LIMITS.max_reading,
-                          max_buffered_mb=LIMITS.max_buffered_mb, metrics=guard_metrics, idle=give_memory_back)
+
+
+def guarded(app) -> UploadGuard:
+    """The upload guard around BentoML's whole application (installed as uvicorn's outermost layer by
+    service/frontdoor.py, so a shed or refused request never reaches BentoML's middlewares)."""
+    return UploadGuard(app, routes=guard_routes(LIMITS), max_inflight=LIMITS.max_inflight,
+                       retry_after_s=LIMITS.retry_after_s, read_timeout_s=LIMITS.read_timeout_s,
+                       max_reading=LIMITS.max_reading, max_buffered_mb=LIMITS.max_buffered_mb,
+                       metrics=guard_metrics, idle=give_memory_back)
+
+
+frontdoor.install(frontdoor.Bounds(header_timeout_s=LIMITS.header_timeout_s, max_header_bytes=LIMITS.max_header_kb * 1024,
+                                   body_timeout_s=TIMEOUT_S, keep_alive_s=LIMITS.keep_alive_s,
+                                   max_connections=LIMITS.max_connections, retry_after_s=LIMITS.retry_after_s),
+                  wrap=guarded)
+
+
+def asgi():
+    """The service as `bentoml serve` runs it, for in-process use (tests): Outer -> guard -> BentoML."""
+    return frontdoor.outer(Faces.to_asgi())

@@ -31,6 +31,7 @@ APP = Starlette(routes=[Route("/echo", echo, methods=["GET", "POST"]),
 
 @pytest.fixture(scope="module")
 def port():
+    saved = frontdoor.BOUNDS, frontdoor.WRAP          # service.service may have installed its own
     frontdoor.install(frontdoor.Bounds(header_timeout_s=1.0, max_header_bytes=2048, body_timeout_s=2.0,
                                        keep_alive_s=1.0, max_connections=20))
     p = free_port()
@@ -43,7 +44,7 @@ def port():
         time.sleep(0.05)
     yield p
     server.should_exit = True
-    frontdoor.install(frontdoor.Bounds())
+    frontdoor.install(*saved)
 
 
 def _exchange(port: int, data: bytes, wait: float = 5.0) -> tuple[bytes, float]:
@@ -138,11 +139,16 @@ def test_relative(location, expected):
     assert frontdoor.relative(location) == expected
 
 
-def test_install_makes_frontdoor_uvicorns_default_protocol():
+def test_install_makes_frontdoor_uvicorns_default_protocol_around_the_wrapped_app():
     import uvicorn.config
 
-    frontdoor.install(frontdoor.Bounds())
-    assert uvicorn.config.HTTP_PROTOCOLS["auto"] == "service.frontdoor:FrontDoor"
+    saved = frontdoor.BOUNDS, frontdoor.WRAP
+    try:
+        frontdoor.install(frontdoor.Bounds(), wrap=lambda app: ("wrapped", app))
+        assert uvicorn.config.HTTP_PROTOCOLS["auto"] == "service.frontdoor:FrontDoor"
+        assert frontdoor.outer(APP).app == ("wrapped", APP)
+    finally:
+        frontdoor.install(*saved)
 
 
 def test_static_files_are_known_one_by_one_not_by_their_prefix(tmp_path):

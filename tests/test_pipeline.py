@@ -226,9 +226,9 @@ images = Path(sys.argv[1])
 serving = json.loads(Path("models/serving.json").read_text())
 os.environ["FACES_GENDER_MODEL"], os.environ["FACES_RATING_MODEL"] = serving["gender"]["tag"], serving["rating"]["tag"]
 from starlette.testclient import TestClient
-from service.service import Faces
+from service.service import asgi
 out = {}
-with TestClient(Faces.to_asgi()) as c:
+with TestClient(asgi()) as c:
     for name in Path("data/split/test.txt").read_text().split():
         r = c.post("/predict", files={"image": (name, (images / name).read_bytes(), "image/jpeg")})
         b = r.json()

@@ -17,9 +17,9 @@ def _img(mode="RGB", size=(60, 50), fmt="JPEG", **kw) -> bytes:
 def client(served_models):
     from starlette.testclient import TestClient
 
-    from service.service import Faces
+    from service.service import asgi
 
-    with TestClient(Faces.to_asgi()) as c:
+    with TestClient(asgi()) as c:
         yield c
 
 
