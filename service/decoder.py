@@ -8,7 +8,8 @@ but a process can be killed. So every upload's header parse, decode, face step a
 started as `python -m service.decoder` (a clean interpreter: no torch, no server threads). The
 parent's thread for that child waits for the answer and, every POLL_S, checks the child's CPU time:
 - over the photo's CPU budget: the child is killed, the photo refused ('too costly to decode', 400);
-- the request's client gone (its task cancelled): the child is killed within POLL_S;
+- the request's client gone (its task cancelled): the child is killed GRACE_S later if the decode
+  has not finished by then (an ordinary photo has; respawning a child costs more than finishing it);
 - no answer within `wall_s` (the machine is that overloaded): killed, 'decode timed out' (503).
 A killed child is replaced by a fresh one; a child whose memory grew past `max_rss_mb` after a photo
 is replaced too, so a bomb's buffers never stay with the server.
@@ -36,6 +37,7 @@ from pathlib import Path
 from pipeline.preprocess import Framed, ImageError
 
 POLL_S = 0.02
+GRACE_S = 0.25           # a decode goes on this long after its client left, then its child is killed
 TRIM_PIXELS = 4_000_000
 
 
@@ -123,14 +125,20 @@ class DecodePool:
     def _run(self, data: bytes, budget_s: float, stop: threading.Event) -> Decoded:
         child = self.idle.get()
         try:
-            t0 = time.monotonic()
+            t0, stopped_at = time.monotonic(), None
             _send(child.stdin, data)
             while not select.select([child.stdout], [], [], POLL_S)[0]:
                 used = child.cpu_s() - child.cpu_mark     # /proc only for photos slower than a poll
-                if stop.is_set() or used > budget_s or time.monotonic() - t0 > self.wall_s:
-                    reason = "client_gone" if stop.is_set() else "budget" if used > budget_s else "wall"
+                if stop.is_set() and stopped_at is None:
+                    stopped_at = time.monotonic()
+                # a client gone mid-decode: an ordinary photo (a few ms) is let finish, since a new
+                # child costs ~0.15 s of CPU to start and hang-ups must not buy that; a costly one is
+                # killed GRACE_S after the client left
+                gone = stopped_at is not None and time.monotonic() - stopped_at > GRACE_S
+                if gone or used > budget_s or time.monotonic() - t0 > self.wall_s:
+                    reason = "client_gone" if gone else "budget" if used > budget_s else "wall"
                     child = self._replace(child, reason)
-                    if stop.is_set():
+                    if gone:
                         raise DecodeRefused(499, "client gone")
                     if used > budget_s:
                         raise DecodeRefused(400, f"too costly to decode: over {budget_s:g} s of CPU")

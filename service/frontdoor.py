@@ -12,8 +12,8 @@ worker before it builds uvicorn's Config) that adds, per connection:
   slow photo uploads with 408 sooner; this covers every other route);
 - connections: past `max_connections` per worker a new connection gets a 503 + Retry-After and is
   closed, before anything is parsed;
-and wraps the application in `Outer`, the outermost ASGI layer (around the service's upload guard,
-service/guard.py, which so runs before BentoML's middlewares), which
+and wraps the application in `Outer`, the outermost ASGI layer (around the service's early shedding,
+service/guard.py `EarlyShed`, which so runs before BentoML's middlewares), which
 - gives every path that no route serves the one label "/unknown" (BentoML's Prometheus middleware
   labels series with the path as sent: a path per request was a new series, kept until restart);
 - rewrites a redirect's Location to a relative path (Starlette builds it from the Host header);
@@ -50,13 +50,13 @@ class Bounds:
 BOUNDS = Bounds()
 
 
-WRAP = None   # the service's own outermost layer (its upload guard), applied inside `Outer`
+WRAP = None   # the service's own outermost layer (its early shedding), applied inside `Outer`
 
 
 def install(bounds: Bounds, wrap=None) -> None:
     """Makes uvicorn's default ("auto") HTTP protocol `FrontDoor` with these bounds; `wrap(app)` (the
-    upload guard) then runs before any of BentoML's middlewares (metrics, tracing, access log), so a
-    shed or refused request costs the event loop almost nothing."""
+    service's early shedding) then runs before any of BentoML's middlewares (metrics, tracing, access
+    log), so a shed request costs the event loop almost nothing."""
     import uvicorn.config
 
     global BOUNDS, WRAP
@@ -288,7 +288,7 @@ def route_paths(app) -> tuple[frozenset[str], tuple[str, ...]]:
     prefixes: list[str] = []
     seen = 0
     node = app
-    while node is not None and seen < 32 and not hasattr(node, "routes"):
+    while node is not None and seen < 32 and not isinstance(getattr(node, "routes", None), list):
         node = getattr(node, "app", None) or getattr(node, "router", None)
         seen += 1
     if node is not None:

@@ -71,13 +71,15 @@ def check_headers(headers: list[tuple[bytes, bytes]], route: Route) -> bytes:
     if media.strip() != route.media:
         raise Refused(415, f"Content-Type must be {expected}" + (" (file parts)" if route.field else ""))
     # Starlette decodes part names with a multipart `charset` parameter (an unknown one was a 500) and
-    # BentoML reads JSON whatever its charset says: the only parameter that means something here is
-    # the boundary (multipart) or charset=utf-8 (JSON); anything else is refused, not ignored
-    allowed = b"boundary" if route.field else b"charset"
+    # BentoML reads JSON whatever its charset says. So: one boundary (multipart), and at most one
+    # charset, utf-8 (what Spring's and other clients add); anything else is refused, and what passes
+    # is forwarded as a Content-Type of the media type and boundary alone (`normalised`)
     names = [q.split(b"=", 1)[0].strip().lower() for q in params]
-    if names.count(allowed) > 1 or any(n != allowed for n in names) or (
-            route.field is None and params and params[0].split(b"=", 1)[-1].strip().strip(b'"').lower() != b"utf-8"):
-        raise Refused(400, f"Content-Type {expected} takes " + ("one boundary parameter and no other"
+    charsets = [q.split(b"=", 1)[-1].strip().strip(b'"').lower() for q in params if q.split(b"=", 1)[0].strip().lower() == b"charset"]
+    wanted = {b"boundary", b"charset"} if route.field else {b"charset"}
+    if (any(n not in wanted for n in names) or len(names) != len(set(names)) or charsets not in ([], [b"utf-8"])
+            or (route.field is not None and b"boundary" not in names)):
+        raise Refused(400, f"Content-Type {expected} takes " + ("one boundary parameter (and charset=utf-8 at most)"
                                                                  if route.field else "no parameter but charset=utf-8"))
     if len(lengths) > 1 or (lengths and not lengths[0].strip().isdigit()):
         raise Refused(400, "send at most one numeric Content-Length header")
@@ -89,6 +91,18 @@ def check_headers(headers: list[tuple[bytes, bytes]], route: Route) -> bytes:
     if not BOUNDARY.match(boundary):
         raise Refused(400, "multipart Content-Type needs a valid boundary parameter")
     return boundary
+
+
+def normalised(scope: dict, route: Route) -> dict:
+    """The scope with its (checked) Content-Type reduced to the media type and boundary: the
+    parameters that were allowed but mean nothing (charset=utf-8) provably never reach BentoML."""
+    ctype = next(v for k, v in scope["headers"] if k == b"content-type")
+    if route.field is not None:
+        ctype = route.media + b"; boundary=" + parse_options_header(ctype)[1][b"boundary"]
+    else:
+        ctype = route.media
+    headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"] + [(b"content-type", ctype)]
+    return {**scope, "headers": headers}
 
 
 class PartsCheck:
@@ -197,6 +211,13 @@ class UploadGuard:
         self.metrics, self.idle = metrics, idle
         self.inflight = self.reading = self.fast_reading = self.buffered = 0
         self._shed, self._shed_logged, self._idle_at, self._idle_pending = 0, 0.0, 0.0, False
+        global CURRENT
+        CURRENT = self                      # one per worker process: EarlyShed reads its counts
+
+    def overloaded(self) -> bool:
+        """The model side plus the bodies arriving at full speed fill max_inflight, or too many bodies
+        are arriving at all: a new request is shed before its body is read."""
+        return self.inflight + self.fast_reading >= self.max_inflight or self.reading >= self.max_reading
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -205,9 +226,7 @@ class UploadGuard:
         if route is None or scope["method"] != "POST":
             return await self.app(scope, receive, json_routing_errors(send))
         path = scope["path"]
-        # shed at once, before reading, when the model side plus the bodies arriving at full speed
-        # fill max_inflight, or too many bodies are arriving at all
-        if self.inflight + self.fast_reading >= self.max_inflight or self.reading >= self.max_reading:
+        if self.overloaded():
             return await self._shed_one(send, path)
         self.reading += 1
         self.fast_reading += 1
@@ -224,11 +243,19 @@ class UploadGuard:
             return await self._shed_one(send, path)
         self.inflight += 1
         self._observe("inflight", self.inflight)
+        held = [True]
+
+        def release() -> None:
+            """The slot is free once the answer is sent (BentoML's access log and metrics still run
+            after it), or when the handler ends without one."""
+            if held[0]:
+                held[0] = False
+                self.inflight -= 1
+                self._observe("inflight", self.inflight)
         try:
-            await self._forward(scope, receive, send, body)
+            await self._forward(normalised(scope, route), receive, send, body, release)
         finally:
-            self.inflight -= 1
-            self._observe("inflight", self.inflight)
+            release()
             self._maybe_idle()
 
     async def _read(self, scope, receive, send, route: Route, path: str, slow: list[bool]) -> bytes | None:
@@ -291,8 +318,9 @@ class UploadGuard:
         except TimeoutError:
             raise Refused(408, f"request body not received within {self.read_timeout:g} s") from None
 
-    async def _forward(self, scope, receive, send, body: bytes) -> None:
-        """Runs the handler on the buffered body; cancels it when the client disconnects first."""
+    async def _forward(self, scope, receive, send, body: bytes, answered=lambda: None) -> None:
+        """Runs the handler on the buffered body; cancels it when the client disconnects first.
+        `answered()` is called once the answer's last byte is sent."""
         gone = asyncio.Event()
         delivered, started = False, False
 
@@ -308,6 +336,8 @@ class UploadGuard:
             nonlocal started
             started = started or msg["type"] == "http.response.start"
             await send(msg)
+            if msg["type"] == "http.response.body" and not msg.get("more_body", False):
+                answered()
 
         handler = asyncio.ensure_future(self.app(scope, replay, self._own_503(tracked_send)))
         watcher = asyncio.ensure_future(receive())
@@ -380,6 +410,27 @@ class UploadGuard:
     def _observe(self, what: str, value: int = 1) -> None:
         if self.metrics is not None:
             self.metrics(what, value)
+
+
+CURRENT: UploadGuard | None = None
+
+
+class EarlyShed:
+    """Sheds a model-route request the guard would shed, before BentoML's middlewares run (metrics,
+    tracing, access log: most of a shed request's cost on the event loop). Installed as the
+    outermost layer by service/frontdoor.py; the guard itself stays inside BentoML's stack, where
+    cancelling a request on a hang-up reaches the handler (BentoML's timeout middleware runs the
+    app in a task of its own, which a cancel from outside it would leave running)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        guard = CURRENT
+        if (guard is not None and scope["type"] == "http" and scope["method"] == "POST"
+                and scope["path"] in guard.routes and guard.overloaded()):
+            return await guard._shed_one(send, scope["path"])
+        return await self.app(scope, receive, send)
 
 
 def json_routing_errors(send):

@@ -44,7 +44,7 @@ from pipeline.preprocess import Framed, ImageError
 from service import frontdoor
 from service.batcher import Batcher
 from service.decoder import DecodePool, DecodeRefused
-from service.guard import UploadGuard
+from service.guard import EarlyShed, UploadGuard
 from service.limits import check_models, guard_routes
 from service.logs import ClientErrorFilter
 from service.openapi import DocsAnswers
@@ -342,22 +342,18 @@ PHOTO_ANSWERS = ("408", "413", "422", "503")
 Faces.add_asgi_middleware(DocsAnswers, routes={"/predict": PHOTO_ANSWERS,  # type: ignore[attr-defined]
                                                "/predict_batch": PHOTO_ANSWERS, "/infer": ("408", "413", "503")})
 
-
-def guarded(app) -> UploadGuard:
-    """The upload guard around BentoML's whole application (installed as uvicorn's outermost layer by
-    service/frontdoor.py, so a shed or refused request never reaches BentoML's middlewares)."""
-    return UploadGuard(app, routes=guard_routes(LIMITS), max_inflight=LIMITS.max_inflight,
-                       retry_after_s=LIMITS.retry_after_s, read_timeout_s=LIMITS.read_timeout_s,
-                       max_reading=LIMITS.max_reading, max_buffered_mb=LIMITS.max_buffered_mb,
-                       metrics=guard_metrics, idle=give_memory_back)
-
-
+Faces.add_asgi_middleware(UploadGuard, routes=guard_routes(LIMITS),  # type: ignore[attr-defined]
+                          max_inflight=LIMITS.max_inflight, retry_after_s=LIMITS.retry_after_s,
+                          read_timeout_s=LIMITS.read_timeout_s, max_reading=LIMITS.max_reading,
+                          max_buffered_mb=LIMITS.max_buffered_mb, metrics=guard_metrics, idle=give_memory_back)
+# uvicorn's protocol with connection bounds; EarlyShed (outermost) sheds before BentoML's middlewares
 frontdoor.install(frontdoor.Bounds(header_timeout_s=LIMITS.header_timeout_s, max_header_bytes=LIMITS.max_header_kb * 1024,
                                    body_timeout_s=TIMEOUT_S, keep_alive_s=LIMITS.keep_alive_s,
                                    max_connections=LIMITS.max_connections, retry_after_s=LIMITS.retry_after_s),
-                  wrap=guarded)
+                  wrap=EarlyShed)
 
 
 def asgi():
-    """The service as `bentoml serve` runs it, for in-process use (tests): Outer -> guard -> BentoML."""
+    """The service as `bentoml serve` runs it, for in-process use (tests): Outer -> EarlyShed -> BentoML
+    (-> its middlewares -> UploadGuard -> the API)."""
     return frontdoor.outer(Faces.to_asgi())

@@ -32,8 +32,9 @@ def test_names_are_read_from_each_parts_headers_never_from_the_photo_bytes():
     ([(b"content-type", b"multipart/form-data; boundary=" + b"b" * 71)], 400),
     ([(b"content-type", b"multipart/mixed; boundary=XyZ")], 415),
     # Starlette decodes part names with `charset` (an unknown one was a 500): only the boundary passes
-    ([(b"content-type", b"multipart/form-data; boundary=XyZ; charset=utf-8")], 400),
     ([(b"content-type", b"multipart/form-data; charset=bogus; boundary=XyZ")], 400),
+    ([(b"content-type", b"multipart/form-data; boundary=XyZ; charset=latin-1")], 400),
+    ([(b"content-type", b"multipart/form-data; boundary=XyZ; charset=utf-8; charset=utf-8")], 400),
     ([(b"content-type", b"multipart/form-data; boundary=XyZ; boundary=Other")], 400),
     ([(b"content-type", b"multipart/form-data; boundary*=utf-8''XyZ")], 400),
     ([(b"content-type", b"multipart/form-data; boundary=XyZ; x=1")], 400),
@@ -293,3 +294,40 @@ def test_the_idle_hook_runs_once_nothing_is_read_or_processed():
             await guard(conn.scope, conn.receive, conn.send)
     asyncio.run(two())
     assert idle == [1]                     # the second, within 5 s, only schedules a later check
+
+
+def test_a_utf8_charset_is_accepted_and_never_reaches_the_app():
+    """Spring's RestTemplate and others add charset=UTF-8 to multipart/form-data: accepted, and the
+    app (BentoML, Starlette's parser) sees the media type and boundary alone."""
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(dict(scope["headers"])[b"content-type"])
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    conn = Conn(chunks=[_part("image", b"\xff\xd8") + b"--XyZ--\r\n"],
+                headers=[(b"content-type", b'multipart/form-data; charset=UTF-8; boundary="XyZ"')])
+    asyncio.run(_guard(app)(conn.scope, conn.receive, conn.send))
+    assert conn.status == 200 and seen == [b"multipart/form-data; boundary=XyZ"]
+
+
+def test_early_shedding_answers_before_the_app_when_the_guard_would_shed():
+    """EarlyShed (outermost, before BentoML's middlewares) reads the worker's guard: the same 503."""
+    from service import guard as g
+
+    reached = []
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+
+    full = _guard(_ok_app([]), max_inflight=1)
+    early = g.EarlyShed(app)
+    conn = Conn(chunks=[b""])
+    asyncio.run(early(conn.scope, conn.receive, conn.send))
+    assert reached == ["/predict"]                                   # not full: passed on
+    full.inflight = 1
+    conn = Conn(chunks=[b""])
+    asyncio.run(early(conn.scope, conn.receive, conn.send))
+    assert conn.status == 503 and conn.headers[b"retry-after"] == b"3" and reached == ["/predict"]
