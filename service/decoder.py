@@ -8,8 +8,9 @@ but a process can be killed. So every upload's header parse, decode, face step a
 started as `python -m service.decoder` (a clean interpreter: no torch, no server threads). The
 parent's thread for that child waits for the answer and, every POLL_S, checks the child's CPU time:
 - over the photo's CPU budget: the child is killed, the photo refused ('too costly to decode', 400);
-- the request's client gone (its task cancelled): the child is killed GRACE_S later if the decode
-  has not finished by then (an ordinary photo has; respawning a child costs more than finishing it);
+- the request's client gone (its task cancelled): the child is killed at once if the decode has
+  cost over GRACE_CPU_S, else GRACE_S later if it has not finished by then (an ordinary photo has,
+  and respawning a child costs more than finishing it);
 - no answer within `wall_s` (the machine is that overloaded): killed, 'decode timed out' (503).
 A killed child is replaced by a fresh one; a child whose memory grew past `max_rss_mb` after a photo
 is replaced too, so a bomb's buffers never stay with the server.
@@ -37,7 +38,8 @@ from pathlib import Path
 from pipeline.preprocess import Framed, ImageError
 
 POLL_S = 0.02
-GRACE_S = 0.25           # a decode goes on this long after its client left, then its child is killed
+GRACE_S = 0.25           # a decode goes on this long after its client left, then its child is killed,
+GRACE_CPU_S = 0.05       # ... or at once when it has already cost this much CPU
 TRIM_PIXELS = 4_000_000
 
 
@@ -132,9 +134,9 @@ class DecodePool:
                 if stop.is_set() and stopped_at is None:
                     stopped_at = time.monotonic()
                 # a client gone mid-decode: an ordinary photo (a few ms) is let finish, since a new
-                # child costs ~0.15 s of CPU to start and hang-ups must not buy that; a costly one is
-                # killed GRACE_S after the client left
-                gone = stopped_at is not None and time.monotonic() - stopped_at > GRACE_S
+                # child costs ~0.15 s of CPU to start and hang-ups must not buy that; a costly one
+                # (past GRACE_CPU_S of CPU) is killed at once, any other GRACE_S after the client left
+                gone = stopped_at is not None and (used > GRACE_CPU_S or time.monotonic() - stopped_at > GRACE_S)
                 if gone or used > budget_s or time.monotonic() - t0 > self.wall_s:
                     reason = "client_gone" if gone else "budget" if used > budget_s else "wall"
                     child = self._replace(child, reason)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
@@ -34,6 +35,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 UNKNOWN = "/unknown"
+SWEEP_S = 0.25          # deadlines are checked this often (so met within this much)
 HTML_HEADERS = [(b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer")]
 
 
@@ -83,7 +85,7 @@ class FrontDoor(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.app = outer(self.app)
         self.timeout_keep_alive = BOUNDS.keep_alive_s
-        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline: tuple[float, int, str, str] | None = None    # (when, status, phrase, message)
         self._head_bytes = self._head_parsed = 0     # received while the head is incomplete / parsed
         self._in_head = True
 
@@ -94,7 +96,9 @@ class FrontDoor(HttpToolsProtocol):
             self._in_head = False                                 # no timers, one short answer
             transport.write(raw_answer(503, "Service Unavailable", "too many connections, retry later",
                                        [f"retry-after: {BOUNDS.retry_after_s}"]))
+            self.lingering._needed = lambda: True     # its request is still to come: linger, no reset
             self.lingering.close()
+            _LIVE.add(self)                           # the sweep ends the linger
             return
         self._await_head()
 
@@ -108,13 +112,23 @@ class FrontDoor(HttpToolsProtocol):
                   f"request headers not received within {BOUNDS.header_timeout_s:g} s")
 
     def _arm(self, seconds: float, status: int, phrase: str, message: str) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(seconds, self._expire, status, phrase, message)
+        """A deadline, checked by the worker's one sweep (`_sweep`): no timer per connection and
+        request (thousands of cancelled timers a second made asyncio's heap the cost of shedding)."""
+        global _SWEEPING
+        self._deadline = (time.monotonic() + seconds, status, phrase, message)
+        _LIVE.add(self)
+        if not _SWEEPING:
+            _SWEEPING = True
+            self.loop.call_later(SWEEP_S, _sweep, self.loop)
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline = None
+
+    def _due(self, now: float) -> None:
+        if self.lingering.lingering and now > self.lingering.until:
+            self.lingering.really_close()
+        elif self._deadline is not None and now > self._deadline[0]:
+            self._expire(*self._deadline[1:])
 
     def _expire(self, status: int, phrase: str, message: str) -> None:
         self._deadline = None
@@ -127,6 +141,7 @@ class FrontDoor(HttpToolsProtocol):
 
     def connection_lost(self, exc) -> None:
         self._disarm()
+        _LIVE.discard(self)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -200,7 +215,7 @@ class Lingering:
     LINGER_S, LINGER_BYTES = 5.0, 32 << 20        # nginx: lingering_timeout 5 s
 
     def __init__(self, transport, needed=lambda: True):
-        self._t, self._needed, self.lingering, self._dropped = transport, needed, False, 0
+        self._t, self._needed, self.lingering, self._dropped, self.until = transport, needed, False, 0, 0.0
 
     def __getattr__(self, name):
         return getattr(self._t, name)
@@ -210,11 +225,13 @@ class Lingering:
             return
         if not self._needed() or not self._t.can_write_eof():
             return self._t.close()          # the whole request was read: nothing left to reset on
-        self.lingering = True
+        self.lingering, self.until = True, time.monotonic() + self.LINGER_S     # closed by the sweep
         self._t.write_eof()
         if not self._t.is_reading():          # uvicorn pauses reading while a body waits
             self._t.resume_reading()
-        asyncio.get_running_loop().call_later(self.LINGER_S, self._t.close)
+
+    def really_close(self) -> None:
+        self._t.close()
 
     def is_closing(self) -> bool:
         return self.lingering or self._t.is_closing()
@@ -223,6 +240,24 @@ class Lingering:
         self._dropped += n
         if self._dropped > self.LINGER_BYTES:
             self._t.abort()
+
+
+_LIVE: set[FrontDoor] = set()          # connections with a deadline or a lingering close
+_SWEEPING = False
+
+
+def _sweep(loop) -> None:
+    """Every SWEEP_S: expires the deadlines and lingering closes that are due; runs while any
+    connection has one."""
+    global _SWEEPING
+    now = time.monotonic()
+    for proto in list(_LIVE):
+        proto._due(now)
+        if proto._deadline is None and not proto.lingering.lingering:
+            _LIVE.discard(proto)
+    _SWEEPING = bool(_LIVE)
+    if _SWEEPING:
+        loop.call_later(SWEEP_S, _sweep, loop)
 
 
 _OUTER: dict[int, Outer] = {}
