@@ -121,10 +121,13 @@ class DecodePool:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:       # the client left: stop the decode, not just stop waiting
             stop.set()
-            fut.add_done_callback(lambda f: f.exception())      # its DecodeRefused(499) has no reader
+            fut.cancel()                       # not started yet (queued behind others): never starts
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())   # a 499 nobody reads
             raise
 
     def _run(self, data: bytes, budget_s: float, stop: threading.Event) -> Decoded:
+        if stop.is_set():                      # its client left while it queued
+            raise DecodeRefused(499, "client gone")
         child = self.idle.get()
         try:
             t0, stopped_at = time.monotonic(), None

@@ -46,7 +46,8 @@ def test_any_mode_and_format_is_accepted(client, mode, fmt, kw):
 
 
 def test_exif_rotated_photo_gives_the_same_answer_as_the_upright_one(client):
-    upright = Image.effect_noise((40, 64), 80).convert("RGB")
+    rng = np.random.default_rng(0)                         # fixed: random noise made the sideways check flaky
+    upright = Image.fromarray(rng.integers(0, 256, (64, 40, 3), dtype=np.uint8))
     exif = Image.Exif()
     exif[0x0112] = 6                                      # stored rotated; viewers turn it 90 deg CW
     stored = upright.transpose(Image.Transpose.ROTATE_90)
