@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import pickle
 import queue
@@ -173,6 +174,16 @@ class DecodePool:
         self.threads.shutdown(wait=False)
 
 
+def give_memory_back() -> None:
+    """glibc keeps freed buffers in its arenas; malloc_trim returns them to the system (no-op
+    elsewhere). Used by the decoder child after a big photo and by the worker when idle."""
+    if _TRIM is not None:
+        _TRIM(0)
+
+
+_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)
+
+
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/statm", "rb") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -181,8 +192,6 @@ def _rss_mb(pid: int) -> float:
 def _child() -> None:
     """The child's loop: setup once, then photo bytes in, ("ok", Framed | "error", (reason, detail),
     the photo's pixels, the child's CPU seconds so far) out."""
-    import ctypes
-
     from pipeline.face import FaceConfig
     from pipeline.preprocess import frame, open_image
 
@@ -194,7 +203,6 @@ def _child() -> None:
         import cv2
 
         cv2.setNumThreads(setup.get("threads", 1))
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)        # glibc: give freed arenas back
     _send(stdout, ("ready", time.process_time()))
     while True:
         try:
@@ -211,8 +219,8 @@ def _child() -> None:
         except Exception as e:  # noqa: BLE001 - a decoder or detector failure is a bad photo, never a crash
             _send(stdout, ("error", ("corrupt image", type(e).__name__), 0, time.process_time()))
         del data
-        if trim is not None and w * h > TRIM_PIXELS:     # after a big photo only: trimming after every
-            trim(0)                                       # one made the next re-fault its buffers
+        if w * h > TRIM_PIXELS:            # after a big photo only: trimming after every one made
+            give_memory_back()             # the next re-fault its buffers
 
 
 if __name__ == "__main__":

@@ -300,8 +300,10 @@ class Outer:
                     headers.append((b"location", relative(location)))
                 headers.append((b"x-content-type-options", b"nosniff"))
                 ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
-                if ctype.startswith(b"text/html") and not any(k.lower() == b"content-security-policy" for k, _ in headers):
-                    headers += [(b"content-security-policy", self.csp.encode()), *HTML_HEADERS]
+                if ctype.startswith(b"text/html"):
+                    if not any(k.lower() == b"content-security-policy" for k, _ in headers):
+                        headers.append((b"content-security-policy", self.csp.encode()))    # the page's own wins
+                    headers += HTML_HEADERS
                 msg = {**msg, "headers": headers}
             await send(msg)
         return wrapped

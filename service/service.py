@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ctypes
 import dataclasses
 import hashlib
 import logging
@@ -43,7 +42,7 @@ from pipeline.model import serving_model
 from pipeline.preprocess import Framed, ImageError
 from service import frontdoor
 from service.batcher import Batcher
-from service.decoder import DecodePool, DecodeRefused
+from service.decoder import DecodePool, DecodeRefused, give_memory_back
 from service.guard import EarlyShed, UploadGuard
 from service.limits import check_models, guard_routes
 from service.logs import ClientErrorFilter
@@ -211,9 +210,9 @@ def page(name: str, inline_style_attrs: bool = False) -> tuple[str, str]:
 
 
 def html_answer(name: str, inline_style_attrs: bool = False) -> HTMLResponse:
+    """The page with its own CSP (frontdoor.Outer adds X-Frame-Options and Referrer-Policy)."""
     html, csp = page(name, inline_style_attrs)
-    return HTMLResponse(html, headers={"content-security-policy": csp, **dict(
-        (k.decode(), v.decode()) for k, v in frontdoor.HTML_HEADERS)})
+    return HTMLResponse(html, headers={"content-security-policy": csp})
 
 
 async def index(_request) -> HTMLResponse:
@@ -223,14 +222,6 @@ async def index(_request) -> HTMLResponse:
 async def docs(_request) -> HTMLResponse:
     """Swagger UI for /docs.json (BentoML's own page lived at /, where the demo page is now)."""
     return html_answer("docs.html", inline_style_attrs=True)
-
-
-def give_memory_back() -> None:
-    """glibc keeps freed request buffers in its arenas; malloc_trim returns them to the system
-    (README, Reliability: worker RSS after hostile traffic)."""
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
 
 
 @bentoml.asgi_app(Starlette(routes=[Route("/", index), Route("/docs", docs)]), path="/")
