@@ -16,7 +16,7 @@ from pipeline.atomic import sha256_file
 from pipeline.execution import Execution
 from pipeline.face import FaceConfig
 from pipeline.preprocess import MEAN, STD, crop_from_contract
-from service.guard import Route
+from service.requests import Route
 
 MODEL_BATCH = 64          # most photos in one model call (batcher, /infer adaptive batching)
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers on top of the photo bytes

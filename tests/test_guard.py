@@ -6,7 +6,8 @@ import threading
 import pytest
 
 from service.batcher import Batcher
-from service.guard import Refused, Route, UploadGuard, check_headers, check_parts
+from service.guard import UploadGuard
+from service.requests import Refused, Route, check_headers, check_parts
 
 ROUTE = Route(b"multipart/form-data", b"image", 1, 10_000, 5_000)
 CTYPE = (b"content-type", b"multipart/form-data; boundary=XyZ")
