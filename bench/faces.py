@@ -16,6 +16,7 @@ thread, p50 over the scenes: decode + crop, centre crop vs face crop, on the ~1 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_params  # noqa: E402
-from pipeline.face import detect  # noqa: E402
+from pipeline.face import detect, eyes  # noqa: E402
 from pipeline.preprocess import ImageError, frame, open_image, open_rgb  # noqa: E402
 from pipeline.sources import locate  # noqa: E402
 
@@ -37,23 +38,40 @@ DATA = ROOT.parent / "shared" / "data" / "facescore"
 
 def framing(image_dir: Path, cfg, every: int = 1) -> dict:
     """Detector on SCUT photos -> counts and the median framing of the largest face."""
-    rows, times = [], []
+    rows, times, eye_times = [], [], []
     for p in sorted(image_dir.glob("*.jpg"))[::every]:
         rgb = open_rgb(p, 10**8)
         t = time.perf_counter()
         faces = detect(rgb, cfg)
         times.append(time.perf_counter() - t)
         f = faces[0] if faces else None
+        t = time.perf_counter()
+        e = eyes(rgb, f, cfg) if f else None
+        eye_times.append(time.perf_counter() - t)
         rows.append({"file": p.name, "n": len(faces), "w": f.w if f else np.nan,
                      "cx": f.x + f.w / 2 if f else np.nan, "cy": f.y + f.h / 2 if f else np.nan,
-                     "side": min(rgb.size), "W": rgb.width, "H": rgb.height})
+                     "side": min(rgb.size), "W": rgb.width, "H": rgb.height, **_eye_row(e, rgb.size)})
     d = pd.DataFrame(rows)
     return {"photos": len(d), "exactly_one": float((d.n == 1).mean()), "none": int((d.n == 0).sum()),
             "several": int((d.n > 1).sum()), "none_files": d.file[d.n == 0].tolist()[:10],
             "margin": float((d.side / d.w).median()), "offset_x": float(((d.W / 2 - d.cx) / d.w).median()),
             "offset_y": float(((d.H / 2 - d.cy) / d.w).median()),
             "box_side_p10_p90": [float(v) for v in (d.w / d.side).quantile([0.1, 0.9])],
-            "detect_ms_p50": 1e3 * statistics.median(times)}
+            "detect_ms_p50": 1e3 * statistics.median(times), "eyes_ms_p50": 1e3 * statistics.median(eye_times),
+            "eyes_found": float(d.eye_d.notna().mean()), "eye_side": float((d.side / d.eye_d).median()),
+            "eye_drop": float(d.eye_drop.median()), "eye_turn_p90": float(d.eye_turn.abs().quantile(0.9))}
+
+
+def _eye_row(e, size: tuple[int, int]) -> dict:
+    """Where a SCUT photo's centre sits from its eyes: distance, drop below their midpoint (in
+    distances, along the face's own down axis) and the eye line's turn."""
+    if e is None:
+        return {"eye_d": np.nan, "eye_drop": np.nan, "eye_turn": np.nan}
+    (x0, y0), (x1, y1) = e
+    d, a = math.hypot(x1 - x0, y1 - y0), math.atan2(y1 - y0, x1 - x0)
+    mx, my = (x0 + x1) / 2, (y0 + y1) / 2
+    drop = ((size[0] / 2 - mx) * -math.sin(a) + (size[1] / 2 - my) * math.cos(a)) / d
+    return {"eye_d": d, "eye_drop": drop, "eye_turn": math.degrees(a)}
 
 
 def _iou(a, b) -> float:
@@ -178,6 +196,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DATA, help="SCUT-FBP5500 / FaceScore folder")
     ap.add_argument("--framing", action="store_true", help="measure SCUT's framing (all photos)")
+    ap.add_argument("--every", type=int, default=1, help="--framing on every n-th photo")
     ap.add_argument("--wild", type=Path, help="a dev set made by bench/wild.py")
     ap.add_argument("--models", type=Path, help="folder with gender/model.pt and rating/model.pt (face crop)")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
@@ -191,12 +210,15 @@ def main() -> None:
         picture(args.picture, cfg)
         print(f"picture: {args.picture}")
     if args.framing:
-        f = framing(image_dir, cfg)
+        f = framing(image_dir, cfg, args.every)
         print(f"SCUT: {f['photos']} photos, exactly one face in {f['exactly_one']:.2%} ({f['none']} none: "
               f"{', '.join(f['none_files'])}; {f['several']} with several); detector {f['detect_ms_p50']:.1f} ms p50\n"
               f"  framing: margin {f['margin']:.3f}, offset_x {f['offset_x']:+.3f}, offset_y {f['offset_y']:+.3f} "
               f"(params.yaml: {cfg.margin}, {cfg.offset_x}, {cfg.offset_y}); face box = "
-              f"{f['box_side_p10_p90'][0]:.0%}..{f['box_side_p10_p90'][1]:.0%} of the photo side (p10..p90)")
+              f"{f['box_side_p10_p90'][0]:.0%}..{f['box_side_p10_p90'][1]:.0%} of the photo side (p10..p90)\n"
+              f"  eyes (dlib 5-point) found plausible in {f['eyes_found']:.2%} ({f['eyes_ms_p50']:.1f} ms p50): eye_side "
+              f"{f['eye_side']:.3f}, eye_drop {f['eye_drop']:+.3f} (params.yaml: {cfg.eye_side}, {cfg.eye_drop}); "
+              f"eye line turned <= {f['eye_turn_p90']:.1f} deg in 90 %")
     if args.wild:
         table = pd.read_csv(args.wild / "wild.csv")
         d = detection(args.wild, table, cfg, params.ingest.image_size)

@@ -157,7 +157,7 @@ def main() -> None:
     if names.resolve() == split:            # the pipeline's split names SCUT photos only after a real-photo run
         from pipeline.config import load_params
 
-        if load_params(ROOT / "params.yaml").ingest.source == "synthetic":
+        if load_params(ROOT / "params.yaml").ingest.dataset == "synthetic":
             sys.exit("wild: data/split/test.txt is the synthetic run's split; run `make repro PROFILE=scut "
                      "DATA=...` first, or pass --names")
     photos = labelled_photos(args.data, names if names.is_file() else None)

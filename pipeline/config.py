@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.face import FaceConfig
+from pipeline.sources import SourceConfig
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,8 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class IngestConfig:
-    source: Literal["synthetic", "facescore", "scut"]
-    path: str                      # folder with the photos and the label file
-    label_file: str | None         # relative to path; None = the source's usual file
+    dataset: str                   # the run's data, by name: MLflow datasets, registered models
+    sources: tuple[SourceConfig, ...]  # one ingest stage each; pipeline/sources.py
     image_size: int                # side of the square uint8 images stored
     workers: int                   # decode processes; 0 = all cores
     max_pixels: int                # larger photos are quarantined as decompression bombs
@@ -205,7 +205,20 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """Reads params.yaml into a frozen `Params`; unknown, missing or mistyped keys raise ParamsError."""
     with open(path, encoding="utf-8") as f:
         raw = yaml.safe_load(f) or {}
-    return _build(Params, raw, "params")
+    return check(_build(Params, raw, "params"))
+
+
+def check(p: Params) -> Params:
+    """What the types cannot say: source names unique and usable as folder names, scales ordered."""
+    names = [s.name for s in p.ingest.sources]
+    if not names or len(set(names)) != len(names):
+        raise ParamsError(f"ingest.sources: need at least one source and unique names, got {names}")
+    for s in p.ingest.sources:
+        if not s.name.replace("-", "").replace("_", "").isalnum() or not s.name.isascii():
+            raise ParamsError(f"ingest.sources: name {s.name!r}: letters, digits, - and _ only")
+        if not s.scale[0] < s.scale[1]:
+            raise ParamsError(f"ingest.sources.{s.name}.scale: expected [low, high], got {list(s.scale)}")
+    return p
 
 
 def merge(base: dict, over: dict, where: str = "params") -> dict:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline import scales
 from pipeline.preprocess import to_tensor
 from pipeline.tasks import TASKS
 
@@ -23,11 +24,15 @@ class Part:
     meta: pd.DataFrame
 
     def targets(self, task: str) -> torch.Tensor:
-        """A class task: 1 for its positive class (gender: m, group: caucasian), else 0 (long);
-        a regression (rating): the label (float). From the task table, pipeline/tasks.py."""
+        """A two-class task: 1 for its positive class (gender: m), else 0; a many-class task (group):
+        the class's index (long); a regression (rating): the label (float, on the served scale:
+        train maps every source's ratings to it, pipeline/scales.py). From pipeline/tasks.py."""
         t = TASKS[task]
         if t.positive is not None:
             return torch.tensor((self.meta[t.column] == t.positive).to_numpy(), dtype=torch.long)
+        if t.classes is not None:
+            codes = self.meta[t.column].map({c: i for i, c in enumerate(t.classes)})
+            return torch.tensor(codes.to_numpy(dtype="int64"), dtype=torch.long)
         return torch.tensor(self.meta[t.column].to_numpy(), dtype=torch.float32)
 
     def __len__(self) -> int:
@@ -48,6 +53,14 @@ def load_parts(ingested: Path, split_dir: Path, parts=PARTS) -> dict[str, Part]:
         idx = np.sort(np.array([row[n] for n in names], dtype=np.int64))   # file order: sequential memmap reads
         out[part] = Part(np.ascontiguousarray(images[idx]), meta.iloc[idx].reset_index(drop=True))
     return out
+
+
+def on_served_scale(parts: dict[str, Part], maps: dict[str, scales.Map]) -> dict[str, Part]:
+    """Every part with `rating` on the served scale (pipeline/scales.py); the label as written stays in
+    `rating_own`. Rows without a `source` (one unnamed source) are on the served scale already."""
+    if "source" not in next(iter(parts.values())).meta:
+        return parts
+    return {k: Part(p.images, scales.to_served(p.meta, maps)) for k, p in parts.items()}
 
 
 def merge_parts(parts: list[Part]) -> Part:

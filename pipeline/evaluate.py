@@ -4,9 +4,12 @@
         --split data/split --out reports/eval/rating
 
 Gender: accuracy, ROC-AUC, confusion matrix, accuracy per group. Rating: MAE, RMSE, Pearson and
-Spearman correlation, Pearson and MAE per group. Groups: asian/caucasian and each x female/male.
-Writes `metrics.json` (DVC metrics: the headline numbers, their bootstrap intervals and the registry's
-decision), `groups.json` (the per-group numbers), `predictions.csv`
+Spearman correlation (on the served 1-5 scale), Pearson and MAE per group. Populations: per source,
+source x ethnicity and source x ethnicity x gender, each with a 95 % bootstrap interval, groups under
+30 photos flagged, and the largest gap between groups; rating there on each source's own scale (the
+bundle's map, pipeline/scales.py). Writes `metrics.json` (DVC metrics: the headline numbers, their
+bootstrap intervals, the largest gaps and the registry's decision), `groups.json` (the per-group
+numbers and the population rows), `predictions.csv`
 (DVC plots: confusion / scatter), PNG plots and `report.md` (our numbers beside the SCUT-FBP5500
 paper's). The model is registered as `<experiment>-<source>-<task>`; the alias `champion` moves to it
 only when it beats the current champion re-scored on this very test split.
@@ -21,10 +24,20 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from pipeline import scales
 from pipeline.atomic import atomic_path, sha256_file, write_text
-from pipeline.data import load_parts
+from pipeline.data import load_parts, on_served_scale
 from pipeline.layers import layer_table, to_markdown
-from pipeline.metrics import MAIN_METRIC, bootstrap_ci, compute_metrics, split_metrics
+from pipeline.metrics import (
+    MAIN_METRIC,
+    bootstrap_ci,
+    compute_metrics,
+    largest_gaps,
+    population_metrics,
+    population_rows,
+    populations_markdown,
+    split_metrics,
+)
 from pipeline.model import load_bundle, predict, serving_model
 from pipeline.sources import locate
 
@@ -98,10 +111,27 @@ def report(task: str, m: dict, protocol: str) -> str:
 
 def _protocol(params, parts_sizes: dict[str, int]) -> str:
     ing, sp = params.ingest, params.split
-    labels = locate(ing.source, ing.path, ing.label_file)[0].relative_to(ing.path)
+    sources = ", ".join(f"`{s.name}` ({s.path}, labels `{locate(s.reader, s.path, s.label_file)[0].relative_to(s.path)}`, "
+                        f"scale {s.scale[0]:g}-{s.scale[1]:g})" for s in ing.sources)
     sizes = "/".join(str(parts_sizes[p]) for p in ("train", "val", "test"))
-    return (f"source `{ing.source}` ({ing.path}), labels `{labels}`, split `{sp.method}` seed {sp.seed} "
+    return (f"sources {sources}, split `{sp.method}` seed {sp.seed} "
             f"(train/val/test {sizes}), {ing.image_size} px, trained from scratch")
+
+
+def populations(task: str, test, y_pred, maps: dict) -> tuple[list[dict], dict]:
+    """Per-population rows and largest gaps; ratings on each source's own scale."""
+    meta = test.meta
+    if "source" in meta:
+        y_true = test.targets(task).numpy() if task == "gender" else meta["rating_own"].to_numpy()
+        y_pred = y_pred if task == "gender" else scales.to_own(y_pred, meta["source"], maps)
+        src = meta["source"] + "/"
+    else:
+        y_true, src = test.targets(task).numpy(), ""
+    groupings = {"source": (meta["source"] if "source" in meta else meta["group"].map(lambda _: "all")).to_numpy(),
+                 "source/ethnicity": (src + meta["group"]).to_numpy(),
+                 "source/ethnicity/gender": (src + meta["group"] + "/" + meta["gender"]).to_numpy()}
+    rows = population_rows(task, y_true, y_pred, groupings)
+    return rows, largest_gaps(task, rows)
 
 
 def _model_card(path: Path = Path("MODEL_CARD.md")) -> str | None:
@@ -120,6 +150,8 @@ def predictions_frame(task: str, test, y_pred: np.ndarray) -> pd.DataFrame:
     """One row per test photo: its score, and actual / predicted as DVC's confusion / scatter plots read them."""
     y_true = test.targets(task).numpy()
     frame = pd.DataFrame({"filename": test.meta["filename"], "group": test.meta["group"], "score": y_pred})
+    if "source" in test.meta:
+        frame.insert(1, "source", test.meta["source"].to_numpy())
     if task == "gender":
         frame["actual"] = np.where(y_true == 1, "m", "f")
         frame["predicted"] = np.where(y_pred >= 0.5, "m", "f")
@@ -128,34 +160,38 @@ def predictions_frame(task: str, test, y_pred: np.ndarray) -> pd.DataFrame:
     return frame
 
 
-def write_reports(task: str, m: dict, frame: pd.DataFrame, model_dir: Path, out: Path, protocol: str) -> list[Path]:
+def write_reports(task: str, m: dict, frame: pd.DataFrame, model_dir: Path, out: Path, protocol: str,
+                  pops: str = "") -> list[Path]:
     """predictions.csv, the plots, report.md and the layer table -> the files MLflow also gets."""
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "predictions.csv", frame.to_csv(index=False))
     pngs = plot(task, frame, json.loads((model_dir / "history.json").read_text()), out)
-    write_text(out / "report.md", report(task, m, protocol))
+    write_text(out / "report.md", report(task, m, protocol) + ("\n" + pops if pops else ""))
     net, bundle = load_bundle(model_dir / "model.pt")
     title = f"{task} model ({bundle['model_config']['arch']})"
     write_text(out / "params.md", to_markdown(layer_table(net, bundle["model_config"]["image_size"]), title))
     return [*pngs, out / "report.md", out / "params.md"]
 
 
-def register(params, task: str, model_dir: Path, m: dict, rescore, logged: list[Path]) -> dict:
+def register(params, task: str, model_dir: Path, m: dict, rescore, logged: list[Path], pops: str = "",
+             pop_rows: list[dict] | None = None) -> dict:
     """Test metrics into the training run, the model into the registry; the champion gate -> its decision."""
     from pipeline import tracking
 
     run = json.loads((model_dir / "run.json").read_text())
-    name = f"{params.tracking.experiment}-{params.ingest.source}-{task}"
+    name = f"{params.tracking.experiment}-{params.ingest.dataset}-{task}"
     main = MAIN_METRIC[task]
     with tracking.continue_run(params, run["run_id"]):
         tracking.log_metrics({f"test_{k}": v for k, v in m.items() if isinstance(v, float)})
         tracking.log_metrics({f"test_{k}_ci95_{end}": b for k, span in m["ci95"].items()
                               for end, b in zip(("lo", "hi"), span, strict=True)})
+        tracking.log_metrics({f"test_{k}": v for k, v in population_metrics(task, pop_rows or []).items()})
+        tracking.log_metrics({f"test_largest_gap/{k}": v for k, v in m.get("largest_gap", {}).items()})
         tracking.log_artifacts(logged, "evaluation")
         return tracking.register_and_promote(run["model_uri"], name, main, m[main], score_champion=rescore,
                                              promote=params.evaluate.promote,
                                              weights_sha256=sha256_file(model_dir / "model.pt"),
-                                             description=_model_card())
+                                             description=(_model_card() or "") + "\n" + pops)
 
 
 def main() -> None:
@@ -168,22 +204,26 @@ def main() -> None:
     from pipeline.config import load_params
 
     params, task = load_params(args.params), args.task
-    test = load_parts(args.data, args.split, ("test",))["test"]
+    maps = load_bundle(args.model / "model.pt")[1]["trained_on"].get("rating_scales", {})
+    test = on_served_scale(load_parts(args.data, args.split, ("test",)), maps)["test"]
     y_true = test.targets(task).numpy()
     subgroups = (test.meta["group"] + "_" + test.meta["gender"]).to_numpy()     # e.g. asian_f
     y_pred, how = score_test(task, args.model / "model.pt", test, params.evaluate)
     m = compute_metrics(task, y_true, y_pred, [test.meta["group"].to_numpy(), subgroups])
     m["ci95"] = bootstrap_ci(task, y_true, y_pred)       # what this one test split can tell apart
+    pop_rows, gaps = populations(task, test, y_pred, maps)
+    m["largest_gap"] = {k: v["gap"] for k, v in gaps.items()}
+    pops = populations_markdown(task, pop_rows, gaps)
     sizes = {p: len((args.split / f"{p}.txt").read_text().split()) for p in ("train", "val", "test")}
     protocol = f"{_protocol(params, sizes)}; scored in {how['precision']} {how['memory_format']} on {how['device']}"
-    logged = write_reports(task, m, predictions_frame(task, test, y_pred), args.model, args.out, protocol)
+    logged = write_reports(task, m, predictions_frame(task, test, y_pred), args.model, args.out, protocol, pops)
 
     def rescore(path) -> float:                          # the champion's bundle on these test photos
         return compute_metrics(task, y_true, score_test(task, Path(path), test, params.evaluate)[0])[MAIN_METRIC[task]]
 
-    decision = register(params, task, args.model, m, rescore, logged)
+    decision = register(params, task, args.model, m, rescore, logged, pops, pop_rows)
     headline, by_group = split_metrics(m)
-    write_text(args.out / "groups.json", json.dumps(by_group, indent=2) + "\n")
+    write_text(args.out / "groups.json", json.dumps({**by_group, "populations": pop_rows, "gaps": gaps}, indent=2) + "\n")
     write_text(args.out / "metrics.json", json.dumps({**headline, "registry": decision}, indent=2) + "\n")
     shown = {k: round(v, 4) for k, v in headline.items() if isinstance(v, float)}
     print(f"evaluate {task}: {shown}\n  registry: {decision}")

@@ -1,7 +1,8 @@
-"""Ingest stage: photos + labels -> one uint8 array, a metadata table and a quarantine table.
+"""Ingest stage, once per source: photos + labels -> one uint8 array, a metadata table and a quarantine table.
 
-    python -m pipeline.ingest --out data/ingested --report reports/ingest.json
+    python -m pipeline.ingest --source scut --out data/sources/scut --report reports/ingest/scut.json
 
+`--source` names an entry of `ingest.sources` (dvc.yaml runs one stage per entry; `combine` stacks them).
 Every input row ends either in `meta.parquet` (row i describes `images.npy[i]`) or in
 `quarantine.csv` with a reason; the counts reconcile (rows in = kept + quarantined, where rows in =
 label lines + image files that no label line names). The stage fails only when the quarantined
@@ -28,10 +29,7 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_path, write_text
 from pipeline.face import FaceConfig
 from pipeline.preprocess import ImageError, lazy_uint8, open_image
-from pipeline.sources import escapes, locate, parse_name, read_labels
-
-META_COLUMNS = ["filename", "gender", "group", "rating", "sha256", "orig_width", "orig_height"]
-QUARANTINE_COLUMNS = ["filename", "line", "reason", "detail"]
+from pipeline.sources import META_COLUMNS, QUARANTINE_COLUMNS, SourceConfig, escapes, locate, parse_name, read_labels
 
 
 @dataclass
@@ -45,6 +43,19 @@ class IngestResult:
         return {"rows_in": self.rows_in, "kept": len(self.meta), "quarantined": len(self.quarantine)}
 
 
+def _labels_of(r) -> tuple[str, str] | None:
+    """(gender, group) of a label row: its own columns (MEBeauty) or its file name (SCUT, course)."""
+    if r.gender is not None and r.group is not None:
+        return r.gender, r.group
+    return parse_name(r.filename)
+
+
+def _inside(image_dir: Path, filename: str) -> bool:
+    """The file, symlinks resolved, lies under the image folder (a link may not lead out of it)."""
+    root = image_dir.resolve()
+    return (image_dir / filename).resolve().is_relative_to(root)
+
+
 def plan(label_rows, image_dir: Path) -> tuple[list[dict], list[dict], int]:
     """Checks label rows without decoding: -> (rows to decode, quarantine rows, rows in)."""
     todo: list[dict] = []
@@ -53,9 +64,9 @@ def plan(label_rows, image_dir: Path) -> tuple[list[dict], list[dict], int]:
     for r in label_rows:
         reason = r.problem
         parsed = None
-        if reason is None and escapes(r.filename):
+        if reason is None and (escapes(r.filename) or not _inside(image_dir, r.filename)):
             reason = "path leaves the data folder"
-        if reason is None and (parsed := parse_name(r.filename)) is None:
+        if reason is None and (parsed := _labels_of(r)) is None:
             reason = "unknown name prefix"
         if reason is None and r.filename in seen:
             reason = f"duplicate filename (line {seen[r.filename]} kept)"
@@ -69,7 +80,8 @@ def plan(label_rows, image_dir: Path) -> tuple[list[dict], list[dict], int]:
         todo.append({"filename": r.filename, "line": r.line, "gender": parsed[0], "group": parsed[1],
                      "rating": r.rating})
     labelled = {r.filename for r in label_rows}
-    orphans = sorted(p.name for p in image_dir.iterdir() if p.is_file() and p.name not in labelled)
+    files = (p.relative_to(image_dir).as_posix() for p in image_dir.rglob("*") if p.is_file())
+    orphans = sorted(n for n in files if n not in labelled)
     bad += [{"filename": n, "line": 0, "reason": "image without a label", "detail": ""} for n in orphans]
     return todo, bad, len(label_rows) + len(orphans)
 
@@ -164,7 +176,8 @@ def _finalise(scratch: np.ndarray, n: int, out_npy: Path | None, chunk: int = 51
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="Ingest photos into data/ingested/")
+    ap = argparse.ArgumentParser(description="Ingest one source's photos into data/sources/<name>/")
+    ap.add_argument("--source", required=True, help="a name in ingest.sources")
     ap.add_argument("--out", required=True, type=Path, help="output folder")
     ap.add_argument("--report", required=True, type=Path, help="counts JSON (DVC metrics)")
     ap.add_argument("--params", default="params.yaml")
@@ -174,9 +187,10 @@ def main() -> None:
 
     params = load_params(args.params)
     cfg = params.ingest
-    labels_path, image_dir = locate(cfg.source, cfg.path, cfg.label_file)
-    rows = read_labels(labels_path, cfg.source)
-    print(f"ingest: labels from {labels_path}, images from {image_dir}, {cfg.crop} crop")
+    src = _source(cfg.sources, args.source)
+    labels_path, image_dir = locate(src.reader, src.path, src.label_file)
+    rows = read_labels(labels_path, src.reader, src.scale)
+    print(f"ingest {src.name}: labels from {labels_path}, images from {image_dir}, {cfg.crop} crop")
     args.out.mkdir(parents=True, exist_ok=True)
     workers = cfg.workers or os.cpu_count() or 1
     face = cfg.face if cfg.crop == "face" else None
@@ -193,17 +207,24 @@ def main() -> None:
               "female": int((res.meta["gender"] == "f").sum()), "male": int((res.meta["gender"] == "m").sum())}
     args.report.parent.mkdir(parents=True, exist_ok=True)
     write_text(args.report, json.dumps(report, indent=2) + "\n")
-    print(f"ingest: {counts['rows_in']} rows in = {counts['kept']} kept + {counts['quarantined']} quarantined"
+    print(f"ingest {src.name}: {counts['rows_in']} rows in = {counts['kept']} kept + {counts['quarantined']} quarantined"
           f" ({fraction:.1%}); {report['female']} f / {report['male']} m; {tuple(res.images.shape)} uint8")
     for reason, n in report["by_reason"].items():
         print(f"  quarantined: {n:5d}  {reason}")
-    with tracking.stage_run(params, "ingest", cfg, tags={"label_file": str(labels_path)}):
+    with tracking.stage_run(params, f"ingest-{src.name}", cfg, tags={"label_file": str(labels_path), "source": src.name}):
         tracking.log_metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
-        tracking.log_table(res.meta, name=f"{cfg.source}-ingested", source=str(Path(cfg.path).resolve()))
-        tracking.log_artifacts([args.out / "quarantine.csv", args.report], "ingest")
+        tracking.log_table(res.meta, name=f"{src.name}-ingested", source=str(Path(src.path).resolve()))
+        tracking.log_artifacts([args.out / "quarantine.csv", args.report], f"ingest-{src.name}")
     if fraction > cfg.max_quarantine_fraction:
-        sys.exit(f"ingest: FAILED - {fraction:.1%} of the rows were quarantined, more than "
+        sys.exit(f"ingest {src.name}: FAILED - {fraction:.1%} of the rows were quarantined, more than "
                  f"ingest.max_quarantine_fraction={cfg.max_quarantine_fraction:.1%}; see {args.out / 'quarantine.csv'}")
+
+
+def _source(sources: tuple[SourceConfig, ...], name: str) -> SourceConfig:
+    found = [s for s in sources if s.name == name]
+    if not found:
+        raise SystemExit(f"ingest: no source {name!r} in ingest.sources ({', '.join(s.name for s in sources)})")
+    return found[0]
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pipeline.tasks import SERVED, TASKS
 MAIN_METRIC: dict[str, str] = {t: str(TASKS[t].main_metric) for t in SERVED}
 
 
-HEADLINE = ("accuracy", "roc_auc", "confusion", "mae", "rmse", "pearson", "spearman", "ci95")
+HEADLINE = ("accuracy", "roc_auc", "confusion", "mae", "rmse", "pearson", "spearman", "ci95", "largest_gap")
 
 
 def split_metrics(m: dict) -> tuple[dict, dict]:
@@ -81,3 +81,77 @@ def bootstrap_ci(task: str, y_true, y_pred, n: int = 1000, seed: int = 0, level:
         draws = {"pearson": r, "mae": np.abs(t - p).mean(1), "rmse": np.sqrt(((t - p) ** 2).mean(1))}
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
     return {k: [float(v) for v in np.nanpercentile(d, q)] for k, d in draws.items()}
+
+
+SMALL_GROUP = 30    # fewer test photos than this: the group is reported, with its interval, and flagged
+
+
+def population_rows(task: str, y_true, y_pred, groupings: dict[str, np.ndarray], n_boot: int = 1000,
+                    seed: int = 0) -> list[dict]:
+    """The main metric (and MAE for rating) of every group of every grouping, with a 95 % bootstrap
+    interval over that group's photos -> [{"grouping", "group", "n", "<metric>", "ci95": {...}, "small"}].
+
+    `groupings`: a name -> one label per photo (e.g. "source", "source/ethnicity/gender"). A group with
+    fewer than SMALL_GROUP photos is kept and flagged (`small`): its interval says how little it shows."""
+    y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
+    main = MAIN_METRIC[task]
+    rows = []
+    for grouping, labels in groupings.items():
+        labels = np.asarray(labels)
+        for g in sorted(set(labels)):
+            m = labels == g
+            t, p = y_true[m], y_pred[m]
+            row = {"grouping": grouping, "group": str(g), "n": int(m.sum()), "small": bool(m.sum() < SMALL_GROUP)}
+            if task == "gender":
+                row[main] = float(((p >= 0.5) == (t == 1)).mean())
+            else:
+                row[main], row["mae"] = _corr(stats.pearsonr, t, p), float(np.abs(t - p).mean())
+            row["ci95"] = bootstrap_ci(task, t, p, n=n_boot, seed=seed) if len(t) > 1 else {}
+            rows.append(row)
+    return rows
+
+
+def population_metrics(task: str, rows: list[dict]) -> dict[str, float]:
+    """Population rows as flat metric names for MLflow: `pop/<grouping>/<group>/<metric>` (+ `_lo`, `_hi`)."""
+    out = {}
+    for r in rows:
+        key = f"pop/{r['grouping']}/{r['group']}"
+        out[f"{key}/n"] = float(r["n"])
+        for metric in ("accuracy", "pearson", "mae"):
+            if metric in r:
+                out[f"{key}/{metric}"] = r[metric]
+                if metric in r["ci95"]:
+                    out[f"{key}/{metric}_lo"], out[f"{key}/{metric}_hi"] = r["ci95"][metric]
+    return {k: v for k, v in out.items() if not np.isnan(v)}
+
+
+def largest_gaps(task: str, rows: list[dict]) -> dict:
+    """Per grouping with two or more groups of >= SMALL_GROUP photos: the best and worst group on the
+    main metric and the gap between them (small groups are left out: their noise alone makes gaps)."""
+    main = MAIN_METRIC[task]
+    out = {}
+    for grouping in dict.fromkeys(r["grouping"] for r in rows):
+        big = [r for r in rows if r["grouping"] == grouping and not r["small"] and not np.isnan(r[main])]
+        if len(big) >= 2:
+            lo, hi = min(big, key=lambda r: r[main]), max(big, key=lambda r: r[main])
+            out[grouping] = {"gap": hi[main] - lo[main], "best": hi["group"], "worst": lo["group"],
+                             main: [lo[main], hi[main]]}
+    return out
+
+
+def populations_markdown(task: str, rows: list[dict], gaps: dict) -> str:
+    """The per-population table of report.md and of the registered model's description."""
+    main = MAIN_METRIC[task]
+    rating = task == "rating"
+    lines = ["## Quality per population (test split; rating on each source's own scale)", "",
+             f"| grouping | group | n | {main} | 95 % interval |" + (" MAE |" if rating else ""),
+             "|---|---|--:|--:|---|" + ("--:|" if rating else "")]
+    for r in rows:
+        lo, hi = r["ci95"].get(main, [float("nan")] * 2)
+        flag = " (n < 30)" if r["small"] else ""
+        lines.append(f"| {r['grouping']} | {r['group']}{flag} | {r['n']} | {r[main]:.3f} | [{lo:.3f}, {hi:.3f}] |"
+                     + (f" {r['mae']:.3f} |" if rating else ""))
+    lines += ["", "Largest gap between groups of >= 30 photos: " + ("; ".join(
+        f"{k}: {v['gap']:.3f} ({v['worst']} {v[main][0]:.3f} vs {v['best']} {v[main][1]:.3f})"
+        for k, v in gaps.items()) or "none (fewer than two such groups)"), ""]
+    return "\n".join(lines)

@@ -164,7 +164,7 @@ class TaskModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net(x)[self.task].float()         # bf16 under autocast -> fp32 for softmax / clamp
-        if self.task in ("gender", "group"):
+        if self.task == "gender":
             return out.softmax(1)[:, 1]
         return out.clamp(*RATING_RANGE)       # ratings live on the 1-5 scale; clipping only reduces error
 

@@ -127,12 +127,12 @@ def package(params, task: str, workdir: Path) -> dict:
     """Puts one task's champion into the BentoML store (or finds it there) -> summary dict."""
     from pipeline import tracking
 
-    name = f"{params.tracking.experiment}-{params.ingest.source}-{task}"
+    name = f"{params.tracking.experiment}-{params.ingest.dataset}-{task}"
     # the refit on every photo when the champion's run has one (pipeline/refit.py), else the split model
     champ = tracking.champion(params, name, [FINAL, "bundle/model.pt"], workdir / task)
     weights = f"refit-{sha256_file(champ['path'])[:12]}" if champ["artifact"] == FINAL else "split"
     labels = {"mlflow_model": name, "mlflow_version": str(champ["version"]), "mlflow_run": champ["run_id"],
-              "source": params.ingest.source, "task": task, "weights": weights}
+              "source": params.ingest.dataset, "task": task, "weights": weights}
     bento_name = f"{params.package.bento_prefix}-{task}"
     bundle = torch.load(champ["path"], weights_only=True, map_location="cpu")
     metadata = {**serving_metadata(params, bundle),

@@ -24,15 +24,29 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.face import Face, FaceConfig, crop_square, detect, detector_version, face_square
+try:        # HEIC/HEIF: an opener Pillow does not have; registered once, for every caller of this path
+    import pi_heif
+    pi_heif.register_heif_opener()
+except ImportError:    # pragma: no cover - requirements.lock has it; without it HEIC is "not an image"
+    pass
+
+from pipeline.face import Face, FaceConfig, crop_square, detect, detector_version, framing
 
 # Normalisation maps [0, 255] to [-1, 1]; it is part of the model contract and is stored with it.
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 MAX_SIDE = 20_000   # a side this long is an absurd photo whatever the pixel budget
 DRAFT_FACTOR = 2   # JPEG draft decoding keeps >= 2x the model input (see decode_rgb)
-# Decoders allowed. The multi-picture JPEGs (MPO) many phones write open through JPEG (first frame).
-FORMATS = ("JPEG", "PNG", "WEBP")
+# Decoders allowed. The multi-picture JPEGs (MPO) many phones write open through JPEG (first frame);
+# HEIC/HEIF (iPhones, many Android phones) through pi-heif (libheif + libde265, decoder only), AVIF
+# through Pillow's own plugin. They decode every pixel (no draft), so they get the PNG/WebP budget.
+FORMATS = ("JPEG", "PNG", "WEBP", "HEIF", "AVIF")
+ACCEPTED = "JPEG, PNG, WebP, HEIC/HEIF or AVIF"
+# what an upload in another format is, told by its first bytes without running its parser
+SIGNATURES = ((b"GIF8", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"%PDF", "PDF"),
+              (b"\x00\x00\x01\x00", "ICO"), (b"8BPS", "PSD"), (b"\xff\x0a", "JPEG XL"),
+              (b"\x00\x00\x00\x0cJXL ", "JPEG XL"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"<svg", "SVG"),
+              (b"<?xml", "SVG/XML"), (b"qoif", "QOI"), (b"\x76\x2f\x31\x01", "OpenEXR"))
 # A progressive JPEG is decoded once per scan, over the whole image, and libjpeg-turbo (as Pillow calls
 # it) sets no limit on scans: a 150 KB file declaring 36 MP with 100 near-empty scans took 2.9 s, 1000
 # scans on 4 MP 2.7 s (bench/hostile.py `progressive_bomb`; ~0.75 ns per scan-pixel on these cores).
@@ -81,6 +95,9 @@ def open_image(src: bytes | str | Path | BinaryIO, max_pixels: int) -> Image.Ima
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError as e:
+        other = sniff(data)
+        if other:
+            raise ImageError(f"unsupported format {other} (send {ACCEPTED})") from e
         raise ImageError("not an image", f"expected one of {', '.join(FORMATS)}") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError("decompression bomb") from e
@@ -102,6 +119,18 @@ def open_image(src: bytes | str | Path | BinaryIO, max_pixels: int) -> Image.Ima
             raise ImageError("too many scans", f"{scans} JPEG scans over {w}x{h} pixels: at most {MAX_JPEG_SCANS}, "
                              f"and scans x pixels <= {MAX_SCAN_PIXELS:.1e}")
     return img
+
+
+def sniff(data: bytes) -> str | None:
+    """The name of a known image (or video) format that is not accepted, from its first bytes; None
+    when the bytes match none of them."""
+    head = data[:32].lstrip() if data[:1] in (b" ", b"\n", b"\r", b"\t") else data[:32]
+    for magic, name in SIGNATURES:
+        if head.startswith(magic):
+            return name
+    if head[4:8] == b"ftyp":          # ISO media: HEIF and AVIF were tried; anything else is a video
+        return f"ISO media ({head[8:12].decode('latin-1').strip() or 'no brand'}; a video?)"
+    return None
 
 
 def check_structure(data: bytes) -> None:
@@ -216,7 +245,7 @@ def frame(img: Image.Image, size: int, face: FaceConfig | None = None) -> Framed
     scale = _scale_to_photo(rgb.size, w0, h0)
     best = found[0]
     box = [round(v * scale) for v in (best.x, best.y, best.w, best.h)]
-    return Framed(crop_square(rgb, face_square(best, face), size), box, best, len(found))
+    return Framed(crop_square(rgb, framing(rgb, best, face), size), box, best, len(found))
 
 
 def _scale_to_photo(decoded: tuple[int, int], w0: int, h0: int) -> float:

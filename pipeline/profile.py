@@ -16,10 +16,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from pipeline.config import Params, ParamsError, _build, merge
+from pipeline.config import Params, ParamsError, _build, check, merge
 
 
 def flat_overrides(over: dict, prefix: str = "") -> list[str]:
@@ -34,17 +35,22 @@ def flat_overrides(over: dict, prefix: str = "") -> list[str]:
 
 
 def _profile(profile: str | Path, data: str | None) -> tuple[dict, str]:
-    """A profile (a name in profiles/ or a YAML path; '' for none) + a data folder -> (overrides, where)."""
+    """A profile (a name in profiles/ or a YAML path; '' for none) + a data folder -> (overrides, where).
+    The data folder replaces the path of the profile's first source."""
     path = Path(profile) if Path(profile).suffix else Path(__file__).parents[1] / "profiles" / f"{profile}.yaml"
     over = (yaml.safe_load(path.read_text(encoding="utf-8")) if profile else None) or {}
     if data:
-        over = {**over, "ingest": {**over.get("ingest", {}), "path": data}}
+        sources = [dict(s) for s in over.get("ingest", {}).get("sources") or []]
+        if not sources:
+            raise ParamsError(f"{path}: --data needs a profile that lists ingest.sources")
+        sources[0]["path"] = data
+        over = {**over, "ingest": {**over.get("ingest", {}), "sources": sources}}
     return over, (str(path) if profile else "--data")
 
 
 def _checked(over: dict, where: str, params: str | Path) -> Params:
     with open(params, encoding="utf-8") as f:
-        return _build(Params, merge(yaml.safe_load(f), over, where), "params")
+        return check(_build(Params, merge(yaml.safe_load(f), over, where), "params"))
 
 
 def load_profile(profile: str | Path, data: str | None = None, params: str | Path = "params.yaml") -> Params:
@@ -60,11 +66,18 @@ def with_sets(over: dict, sets: list[str]) -> dict:
         if not sep or not key:
             raise ParamsError(f"--set {item!r}: expected key.path=value")
         *parents, leaf = key.split(".")
-        node = out
-        for k in parents:
-            node[k] = dict(node.get(k) or {})
-            node = node[k]
-        node[leaf] = yaml.safe_load(text)
+        node: Any = out
+        for k in parents:           # a digit indexes a list the profile gives (ingest.sources.1.path)
+            if isinstance(node, list):
+                node[int(k)] = dict(node[int(k)])
+                node = node[int(k)]
+            else:
+                node[k] = (list if isinstance(node.get(k), list) else dict)(node.get(k) or {})
+                node = node[k]
+        if isinstance(node, list):
+            node[int(leaf)] = yaml.safe_load(text)
+        else:
+            node[leaf] = yaml.safe_load(text)
     return out
 
 
@@ -91,7 +104,7 @@ def exp_name(stem: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description="Run the pipeline as a DVC experiment with a params profile")
     ap.add_argument("--profile", default="", help="name in profiles/ (e.g. scut) or a YAML path")
-    ap.add_argument("--data", default="", help="photo folder (sets ingest.path)")
+    ap.add_argument("--data", default="", help="photo folder (the path of the profile's first source)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="one more override on top of the profile, e.g. train.rating.epochs=1 (repeatable)")
     ap.add_argument("--name", default="", help="the DVC experiment's name (default: <profile>-<date>-<time>)")

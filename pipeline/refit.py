@@ -30,7 +30,7 @@ import torch
 
 from pipeline.atomic import atomic_path, sha256_file, write_text
 from pipeline.config import TaskConfig
-from pipeline.data import PARTS, load_parts, merge_parts
+from pipeline.data import PARTS, load_parts, merge_parts, on_served_scale
 from pipeline.execution import Execution, policy_dict, resolve, select_device
 from pipeline.fit import fit, init_model
 from pipeline.model import ModelConfig, make_bundle
@@ -69,12 +69,13 @@ def refit(params, task: str, model_dir: Path, data: Path, split: Path) -> dict:
     execution = Execution(params.train.precision, params.train.channels_last)
     policy = resolve(execution, select_device(params.train.device), params.train.threads)
     policy.apply_threads()
-    parts = load_parts(data, split, PARTS)
-    every = {"train": merge_parts([parts[p] for p in PARTS])}      # no "val": nothing to choose by
-    rcfg = refit_config(cfg, len(parts["train"]), len(every["train"]), params.refit.budget)
     heads, mcfg = [task, *cfg.aux_tasks], ModelConfig(cfg.arch, cfg.widths, cfg.dropout, params.ingest.image_size)
     split_bundle = torch.load(model_dir / "model.pt", weights_only=True, map_location="cpu")
     check_recipe(split_bundle, mcfg, heads)
+    maps = {k: tuple(v) for k, v in split_bundle["trained_on"].get("rating_scales", {}).items()}
+    parts = on_served_scale(load_parts(data, split, PARTS), maps)      # the split run's map (its training part)
+    every = {"train": merge_parts([parts[p] for p in PARTS])}      # no "val": nothing to choose by
+    rcfg = refit_config(cfg, len(parts["train"]), len(every["train"]), params.refit.budget)
     run_id = json.loads((model_dir / "run.json").read_text())["run_id"]
     net, out, ck = init_model(mcfg, heads, cfg.seed), model_dir / "final.pt", model_dir / "final_checkpoint.pt"
     with tracking.continue_run(params, run_id):
@@ -84,7 +85,8 @@ def refit(params, task: str, model_dir: Path, data: Path, split: Path) -> dict:
         net.load_state_dict(res.best_state)
         seconds = time.time() - t0
         trained_on = {"parts": list(PARTS), "photos": len(every["train"]), "epochs": rcfg.epochs,
-                      "kept_epoch": res.best_epoch, "refit_of": run_id}
+                      "kept_epoch": res.best_epoch, "refit_of": run_id,
+                      "rating_scales": {k: list(v) for k, v in maps.items()}}
         with atomic_path(out) as tmp:
             torch.save(make_bundle(net, mcfg, heads, task, split_bundle["preprocess"], policy_dict(execution),
                                    trained_on), tmp)

@@ -1,11 +1,12 @@
-"""Split stage: train / val / test file lists, stratified by gender x group, or an official split.
+"""Split stage: train / val / test file lists, stratified by source x gender x group, or an official split.
 
     python -m pipeline.split --meta data/ingested/meta.parquet --out data/split --sizes reports/split.json
 
 Writes `<out>/{train,val,test}.txt` (one file name per line, like SCUT-FBP5500's own split files)
 and a sizes JSON (DVC metrics). `method: official` reads `train.txt` / `test.txt`
-(`name rating` lines, the SCUT-FBP5500 60/40 format) from `split.official_dir` and carves the
-validation part out of the official training part, stratified the same way.
+(`name rating` lines, the SCUT-FBP5500 60/40 format) from `split.official_dir` for the first source
+(its rows are keyed `<source>/<name>`; the other sources' rows are left out) and carves the validation
+part out of the official training part, stratified the same way.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ class SplitLeak(ValueError):
 
 
 def strata(meta: pd.DataFrame) -> pd.Series:
-    """gender x group label per row, e.g. 'f/asian'."""
-    return meta["gender"] + "/" + meta["group"]
+    """source x gender x group label per row, e.g. 'mebeauty/f/asian' ('f/asian' without a source)."""
+    cell = meta["gender"] + "/" + meta["group"]
+    return meta["source"] + "/" + cell if "source" in meta else cell
 
 
 def stratified(meta: pd.DataFrame, val: float, test: float, seed: int) -> dict[str, list[str]]:
@@ -82,7 +84,9 @@ def main() -> None:
     if cfg.method == "official":
         if not cfg.official_dir:
             raise SystemExit("split: method=official needs split.official_dir (a folder with train.txt, test.txt)")
-        parts = official(meta, read_official(Path(cfg.official_dir)), cfg.val, cfg.seed)
+        first = params.ingest.sources[0].name
+        lists = {p: [f"{first}/{n}" for n in names] for p, names in read_official(Path(cfg.official_dir)).items()}
+        parts = official(meta, lists, cfg.val, cfg.seed)
     else:
         parts = stratified(meta, cfg.val, cfg.test, cfg.seed)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -96,7 +100,7 @@ def main() -> None:
     with tracking.stage_run(params, "split", cfg):
         tracking.log_metrics({f"{p}_rows": n for p, n in sizes.items()})
         for p, m in by_part.items():
-            tracking.log_table(m, name=f"{params.ingest.source}-{p}", source=str(args.out / f"{p}.txt"), context=p)
+            tracking.log_table(m, name=f"{params.ingest.dataset}-{p}", source=str(args.out / f"{p}.txt"), context=p)
         tracking.log_artifacts([args.sizes], "split")
 
 

@@ -93,7 +93,7 @@ def stage_run(params: Params, stage: str, cfg: Any = None, tags: dict[str, str] 
     setup(params)
     import mlflow
 
-    all_tags = {"stage": stage, "git_commit": _git_commit(), "data_hash": data_hash(), "source": params.ingest.source,
+    all_tags = {"stage": stage, "git_commit": _git_commit(), "data_hash": data_hash(), "source": params.ingest.dataset,
                 **(tags or {})}
     if os.environ.get("DVC_EXP_NAME"):               # set by `dvc exp run` (make repro PROFILE=...)
         all_tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline import distributed
+from pipeline import distributed, scales
 from pipeline.atomic import atomic_path, write_text
 from pipeline.config import TaskConfig
-from pipeline.data import load_parts
+from pipeline.data import load_parts, on_served_scale
 from pipeline.execution import Execution, policy_dict, resolve, select_device
 from pipeline.fit import fit, init_model
 from pipeline.metrics import MAIN_METRIC
@@ -73,6 +73,9 @@ def _train(args, params) -> None:
     policy.apply_threads()
     w = distributed.init(policy.device)
     parts = load_parts(args.data, args.split, ("train", "val"))
+    # every source's ratings on the served scale, by a map fitted on the training part (pipeline/scales.py)
+    maps = scales.fit_maps(parts["train"].meta, params.ingest.sources) if "source" in parts["train"].meta else {}
+    parts = on_served_scale(parts, maps)
     heads = [args.task, *cfg.aux_tasks]
     mcfg = ModelConfig(cfg.arch, cfg.widths, cfg.dropout, params.ingest.image_size)
     net = init_model(mcfg, heads, cfg.seed)
@@ -80,7 +83,7 @@ def _train(args, params) -> None:
         fit(net, parts, args.task, cfg, policy, args.out / "checkpoint.pt", w=w)
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    tags = {"task": args.task, "arch": cfg.arch, "source": params.ingest.source, **policy.describe(),
+    tags = {"task": args.task, "arch": cfg.arch, "source": params.ingest.dataset, **policy.describe(),
             "processes": str(w.size)}
     with tracking.stage_run(params, f"train-{args.task}", cfg, tags, system_metrics=True) as run_id:
         t0 = time.time()
@@ -89,7 +92,7 @@ def _train(args, params) -> None:
         net.load_state_dict(res.best_state)
         seconds = time.time() - t0
         trained_on = {"parts": ["train"], "photos": len(parts["train"]), "epochs": len(res.history),
-                      "kept_epoch": res.best_epoch}
+                      "kept_epoch": res.best_epoch, "rating_scales": {k: list(v) for k, v in maps.items()}}
         bundle = make_bundle(net, mcfg, heads, args.task, crop_contract(params.ingest.crop, params.ingest.face),
                              policy_dict(execution), trained_on)   # evaluate and the service run it so
         with atomic_path(args.out / "model.pt") as tmp:

@@ -1,10 +1,13 @@
-"""Validate stage: a Great Expectations suite over the ingested metadata and image array.
+"""Validate stage: a Great Expectations suite per source over the combined metadata and image array.
 
     python -m pipeline.validate --data data/ingested --out reports/gx
 
-Writes `<out>/result.json` (the GX validation result), `<out>/summary.json` (DVC metrics) and
-`<out>/data_docs/` (GX data docs, open `index.html`). Exits non-zero with a readable list of the
-failed expectations and their row counts when the data breaks the suite.
+Each source of `ingest.sources` is validated on its own rows with its own rating scale and the groups
+its reader can say, and the labels are checked against what its file names (SCUT) or folders
+(MEBeauty) say. Writes `<out>/result.json` (the GX validation results, per source),
+`<out>/summary.json` (DVC metrics: overall and per source) and `<out>/data_docs/<source>/` (GX data
+docs, open `index.html`). Exits non-zero with a readable list of the failed expectations and their
+row counts when the data breaks a suite.
 """
 from __future__ import annotations
 
@@ -19,14 +22,16 @@ import numpy as np
 import pandas as pd
 
 from pipeline.atomic import write_text
-from pipeline.sources import GROUPS, parse_name
-from pipeline.tasks import RATING_RANGE
+from pipeline.sources import NAME_GROUPS, SourceConfig, name_says
+from pipeline.tasks import GROUPS
 
 
-def expectation_frame(meta: pd.DataFrame, image_shape: tuple[int, ...]) -> pd.DataFrame:
-    """Adds the columns the suite checks: what the file name says, the array's shape, 0/1 female."""
+def expectation_frame(meta: pd.DataFrame, image_shape: tuple[int, ...], reader: str = "scut") -> pd.DataFrame:
+    """Adds the columns the suite checks: what the file name (or folder) says, the array's shape, 0/1
+    female. `filename` may carry its `<source>/` key prefix."""
     frame = meta.copy()
-    parsed = [parse_name(n) or (None, None) for n in frame["filename"]]
+    names = frame["filename"].str.split("/", n=1).str[-1] if "source" in frame else frame["filename"]
+    parsed = [name_says(reader, n) or (None, None) for n in names]
     frame["name_gender"] = [p[0] for p in parsed]
     frame["name_group"] = [p[1] for p in parsed]
     frame["is_female"] = (frame["gender"] == "f").astype(float)
@@ -35,19 +40,23 @@ def expectation_frame(meta: pd.DataFrame, image_shape: tuple[int, ...]) -> pd.Da
     return frame
 
 
-def build_expectations(image_size: int, female_fraction: tuple[float, float], n_rows: int) -> list:
-    """The suite: one expectation per data contract the later stages rely on."""
+def build_expectations(image_size: int, female_fraction: tuple[float, float], n_rows: int,
+                       source: SourceConfig | None = None) -> list:
+    """The suite: one expectation per data contract the later stages rely on; `source` sets the rating
+    scale and the groups its reader knows (default: SCUT's 1-5, Asian / Caucasian)."""
     import great_expectations.expectations as gxe
 
+    scale = source.scale if source else (1.0, 5.0)
+    groups = sorted(GROUPS if source and source.reader == "mebeauty" else set(NAME_GROUPS.values()))
     not_null = [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in
                 ("filename", "gender", "group", "rating", "sha256")]
     return [
         *not_null,
         gxe.ExpectColumnValuesToBeUnique(column="filename"),
-        gxe.ExpectColumnValuesToBeBetween(column="rating", min_value=RATING_RANGE[0], max_value=RATING_RANGE[1]),
+        gxe.ExpectColumnValuesToBeBetween(column="rating", min_value=scale[0], max_value=scale[1]),
         gxe.ExpectColumnValuesToBeInSet(column="gender", value_set=["f", "m"]),
         gxe.ExpectColumnPairValuesToBeEqual(column_A="gender", column_B="name_gender"),
-        gxe.ExpectColumnValuesToBeInSet(column="group", value_set=sorted(set(GROUPS.values()))),
+        gxe.ExpectColumnValuesToBeInSet(column="group", value_set=groups),
         gxe.ExpectColumnPairValuesToBeEqual(column_A="group", column_B="name_group"),
         gxe.ExpectColumnValuesToBeBetween(column="array_height", min_value=image_size, max_value=image_size),
         gxe.ExpectColumnValuesToBeBetween(column="array_width", min_value=image_size, max_value=image_size),
@@ -113,23 +122,34 @@ def main() -> None:
     params = load_params(args.params)
     meta = pd.read_parquet(args.data / "meta.parquet")
     images = np.load(args.data / "images.npy", mmap_mode="r")
-    frame = expectation_frame(meta, images.shape)
-    expectations = build_expectations(params.ingest.image_size, params.validate.female_fraction, len(meta))
     args.out.mkdir(parents=True, exist_ok=True)
-    result = run_suite(frame, expectations, args.out / "data_docs")
-    failed = failures(result)
-    stats = result["statistics"]
-    summary = {"success": result["success"], "evaluated": stats["evaluated_expectations"],
-               "failed": len(failed), "rows": len(meta), "failures": failed}
-    write_text(args.out / "result.json", json.dumps(result, indent=1, default=str) + "\n")
+    shutil.rmtree(args.out / "data_docs", ignore_errors=True)
+    results, per = {}, {}
+    for src in params.ingest.sources:
+        rows = meta[meta["source"] == src.name]
+        # the array's row count is checked once, on the first source (it holds every source's rows)
+        frame = expectation_frame(rows, (len(meta), *images.shape[1:]), src.reader)
+        expectations = build_expectations(params.ingest.image_size, params.validate.female_fraction, len(meta), src)
+        results[src.name] = run_suite(frame, expectations, args.out / "data_docs" / src.name)
+        failed_here = failures(results[src.name])
+        per[src.name] = {"success": results[src.name]["success"], "rows": len(rows), "failed": len(failed_here),
+                         "evaluated": results[src.name]["statistics"]["evaluated_expectations"]}
+    failed = [{**f, "source": n} for n, r in results.items() for f in failures(r)]
+    evaluated = sum(p["evaluated"] for p in per.values())
+    summary = {"success": all(p["success"] for p in per.values()), "evaluated": evaluated,
+               "failed": len(failed), "rows": len(meta), "failures": failed, "sources": per}
+    write_text(args.out / "result.json", json.dumps(results, indent=1, default=str) + "\n")
     write_text(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     with tracking.stage_run(params, "validate", params.validate):
-        tracking.log_metrics({"expectations": summary["evaluated"], "failed": len(failed), "rows": len(meta)})
+        tracking.log_metrics({"expectations": evaluated, "failed": len(failed), "rows": len(meta)}
+                             | {f"{n}_failed": p["failed"] for n, p in per.items()})
         tracking.log_artifacts([args.out / "result.json", args.out / "summary.json"], "validate")
-    print(f"validate: {summary['evaluated'] - len(failed)}/{summary['evaluated']} expectations met "
-          f"on {len(meta)} rows; data docs: {args.out / 'data_docs' / 'index.html'}")
+    rows = ", ".join(f"{n} {p['rows']}" for n, p in per.items())
+    print(f"validate: {evaluated - len(failed)}/{evaluated} expectations met on {len(meta)} rows ({rows}); "
+          f"data docs: {args.out / 'data_docs'}/<source>/index.html")
     if failed:
-        lines = [f"  FAILED {f['expectation']} on {f['column']}: {f['unexpected']} unexpected" for f in failed]
+        lines = [f"  FAILED {f['source']}: {f['expectation']} on {f['column']}: {f['unexpected']} unexpected"
+                 for f in failed]
         sys.exit("validate: the ingested data breaks the suite\n" + "\n".join(lines))
 
 

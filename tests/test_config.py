@@ -31,7 +31,11 @@ def test_repo_params_load_into_frozen_dataclasses():
     (lambda r: r.update(extra_section={}), "unknown keys ['extra_section']"),
     (lambda r: r["ingest"].update(image_size="big"), "params.ingest.image_size: expected int"),
     (lambda r: r["ingest"].update(image_size=True), "expected int"),
-    (lambda r: r["ingest"].update(source="webcam"), "is not one of"),
+    (lambda r: r["ingest"]["sources"][0].update(reader="webcam"), "params.ingest.sources[0].reader: 'webcam' is not one of"),
+    (lambda r: r["ingest"]["sources"][0].update(scale=[5, 1]), "scale: expected [low, high]"),
+    (lambda r: r["ingest"].update(sources=[]), "at least one source"),
+    (lambda r: r["ingest"].update(sources=r["ingest"]["sources"] * 2), "unique names"),
+    (lambda r: r["ingest"]["sources"][0].update(name="../x"), "letters, digits"),
     (lambda r: r["validate"].update(female_fraction=[0.5]), "expected a list of 2"),
 ])
 def test_bad_params_are_rejected_with_the_key_named(tmp_path, mutate, message):

@@ -43,7 +43,7 @@ def messy(tmp_path):
 
 
 EXPECTED_REASONS = {
-    "ftw10.jpg": "empty file", "ftw11.jpg": "not an image", "ftw12.jpg": "truncated image",
+    "ftw10.jpg": "empty file", "ftw11.jpg": "unsupported format GIF (send JPEG, PNG, WebP, HEIC/HEIF or AVIF)", "ftw12.jpg": "truncated image",
     "ftw13.jpg": "decompression bomb", "xyz14.jpg": "unknown name prefix",
     "mtw15.jpg": "image without a label", "mtw16.jpg": "rating is not a number",
     "mtw17.jpg": "rating out of range (1.0, 5.0)", "mtw99.jpg": "missing file",

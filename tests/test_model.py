@@ -14,7 +14,7 @@ def test_every_arch_gives_each_head_its_shape_and_counts_match(arch, size):
     torch.manual_seed(0)
     net = build_model(ModelConfig(arch, WIDTHS[arch], 0.1, size), ["gender", "rating", "group"]).eval()
     out = net(torch.randn(3, 3, size, size))
-    assert out["gender"].shape == (3, 2) and out["group"].shape == (3, 2) and out["rating"].shape == (3,)
+    assert out["gender"].shape == (3, 2) and out["group"].shape == (3, 6) and out["rating"].shape == (3,)
     assert all(torch.isfinite(v).all() for v in out.values())
     assert net.forward_features(torch.randn(2, 3, size, size)).shape == (2, net.num_features)
     assert sum(r.params for r in layer_table(net, size)) == count_params(net) == \

@@ -1,11 +1,23 @@
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from pipeline.preprocess import MEAN, STD, ImageError, fit_square, load_uint8, open_rgb, to_tensor
+from pipeline.preprocess import (
+    MEAN,
+    STD,
+    ImageError,
+    decode_rgb,
+    fit_square,
+    load_uint8,
+    open_image,
+    open_rgb,
+    sniff,
+    to_tensor,
+)
 
 
 def _encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -78,12 +90,37 @@ def test_to_tensor_shape_range_and_normalisation():
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF", "ICO"])
-def test_only_allow_listed_decoders_open(fmt):
+def test_only_allow_listed_decoders_open_and_a_refused_format_is_named(fmt):
     buf = io.BytesIO()
     Image.new("RGB", (32, 32), (200, 10, 10)).save(buf, fmt)
     with pytest.raises(ImageError) as e:
         open_rgb(buf.getvalue(), 10**6)
-    assert e.value.reason == "not an image"
+    assert e.value.reason == f"unsupported format {fmt} (send JPEG, PNG, WebP, HEIC/HEIF or AVIF)"
+
+
+@pytest.mark.parametrize("head, name", [
+    (b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00", "ISO media (mp42; a video?)"), (b"%PDF-1.7\n", "PDF"),
+    (b"  <svg xmlns='x'>", "SVG"), (b"\xff\x0a\x00", "JPEG XL"), (b"hello", None), (b"", None),
+])
+def test_sniff_names_formats_without_parsing_them(head, name):
+    assert sniff(head) == name
+
+
+def test_heic_opens_through_the_same_path_and_bounds(tmp_path):
+    """A phone's HEIC decodes like a JPEG of the same photo; AVIF too; both keep the full-decode budget."""
+    heic = (Path(__file__).parent / "fixtures" / "example.heic").read_bytes()       # made from service/example.jpg
+    img = open_image(heic, 10**6)
+    assert img.format == "HEIF" and img.size == (160, 160)
+    ref = np.asarray(open_rgb(Path(__file__).parents[1] / "service" / "example.jpg", 10**6), np.float64)
+    assert np.abs(np.asarray(decode_rgb(img), np.float64) - ref).mean() < 6          # lossy codecs, same photo
+    buf = io.BytesIO()
+    Image.new("RGB", (4000, 3100), (9, 9, 9)).save(buf, "AVIF", quality=30)
+    with pytest.raises(ImageError) as e:
+        open_image(buf.getvalue(), 10**8)
+    assert e.value.reason == "too many pixels for its format" and "AVIF 4000x3100" in e.value.detail
+    buf = io.BytesIO()
+    Image.fromarray(ref.astype(np.uint8)).save(buf, "AVIF", quality=80)
+    assert open_image(buf.getvalue(), 10**6).format == "AVIF"
 
 
 def test_any_decoder_exception_is_an_image_error(monkeypatch):

@@ -10,8 +10,10 @@ from conftest import ROOT
 
 def test_the_scut_profile_merges_into_valid_params_and_data_replaces_the_path():
     sets = profile_overrides("scut", "/data/my copy", params=ROOT / "params.yaml")
-    assert 'ingest.source="scut"' in sets and 'ingest.path="/data/my copy"' in sets
-    assert "train.gender.widths=[24,48,96,192]" in sets and "ingest.label_file=null" in sets
+    assert 'ingest.dataset="scut"' in sets
+    assert ('ingest.sources=[{"name":"scut","reader":"scut","path":"/data/my copy","label_file":null,'
+            '"scale":[1,5]}]') in sets
+    assert "train.gender.widths=[24,48,96,192]" in sets
     # every override reads back (as DVC reads -S values: YAML) to the profile's value
     raw = yaml.safe_load((ROOT / "profiles" / "scut.yaml").read_text())
     back = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in sets)}
@@ -36,8 +38,8 @@ def test_the_profile_command_prints_dvc_exp_run_and_refuses_data_without_a_profi
     cmd = [sys.executable, "-m", "pipeline.profile", "--dry-run"]
     ok = subprocess.run(cmd + ["--profile", "scut", "--data", "/photos"], cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0 and ok.stdout.startswith("dvc exp run -n scut-")       # a named experiment
-    assert ' -S ingest.source="scut"' in ok.stdout
-    assert '-S ingest.path="/photos"' in ok.stdout
+    assert ' -S ingest.dataset="scut"' in ok.stdout
+    assert '"path":"/photos"' in ok.stdout
     bad = subprocess.run(cmd + ["--data", "/photos"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 1 and "needs a profile" in bad.stderr
 
@@ -59,5 +61,17 @@ def test_the_gpu_profile_differs_from_the_cpu_profile_only_in_budget_not_in_data
 
     cpu = load_profile("scut", params=ROOT / "params.yaml")
     gpu = load_profile("scut-gpu", params=ROOT / "params.yaml")
-    assert (gpu.ingest.source, gpu.ingest.crop, gpu.split) == (cpu.ingest.source, cpu.ingest.crop, cpu.split)
+    assert (gpu.ingest.sources, gpu.ingest.crop, gpu.split) == (cpu.ingest.sources, cpu.ingest.crop, cpu.split)
     assert gpu.ingest.image_size > cpu.ingest.image_size and gpu.train.rating.epochs > cpu.train.rating.epochs
+
+
+def test_the_real_profile_reads_both_sources_and_a_set_can_move_one():
+    from pipeline.profile import load_profile
+
+    real = load_profile("real", params=ROOT / "params.yaml")
+    assert [(s.name, s.reader, tuple(s.scale)) for s in real.ingest.sources] == [
+        ("scut", "scut", (1.0, 5.0)), ("mebeauty", "mebeauty", (1.0, 10.0))]
+    assert real.ingest.sources[1].path == "../shared/data/mebeauty" and real.ingest.crop == "face"
+    sets = profile_overrides("real", params=ROOT / "params.yaml", sets=["ingest.sources.1.path=/m e"])
+    back = yaml.safe_load(next(s for s in sets if s.startswith("ingest.sources=")).split("=", 1)[1])
+    assert [s["path"] for s in back] == ["../shared/data/facescore", "/m e"]

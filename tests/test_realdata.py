@@ -45,7 +45,8 @@ def test_the_scut_profile_at_a_small_budget_learns_far_above_chance(real_data, t
     from conftest import ROOT, split_parts
 
     p = load_profile("scut", str(real_data), params=ROOT / "params.yaml")
-    labels, images = locate(p.ingest.source, p.ingest.path, p.ingest.label_file)
+    src = p.ingest.sources[0]
+    labels, images = locate(src.reader, src.path, src.label_file)
     assert labels.name == "SCUT-FBP5500_labels.txt"
     face = p.ingest.face if p.ingest.crop == "face" else None         # the profile's own crop
     parts = split_parts(ingest(read_labels(labels, "scut"), images, 48, 10**8, workers=2, face=face), 0.15, 0.15)

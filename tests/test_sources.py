@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from pipeline.sources import escapes, locate, parse_name, read_labels
+from pipeline.sources import escapes, locate, name_says, parse_name, read_labels
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -68,7 +68,45 @@ def test_scut_prefers_official_labels_and_falls_back_to_the_course_csv(tmp_path)
 
 @pytest.mark.parametrize("name, bad", [
     ("ftw1.jpg", False), ("../ftw1.jpg", True), ("/etc/passwd", True), ("a/../../ftw1.jpg", True),
-    ("sub/ftw1.jpg", True), ("..\\ftw1.jpg", True),
+    ("sub/ftw1.jpg", False), ("female/asian/x.jpg", False), ("..\\ftw1.jpg", True), ("", True),
+    ("sub/../../x.jpg", True),
 ])
 def test_escapes(name, bad):
     assert escapes(name) is bad
+
+
+def test_mebeauty_labels_carry_gender_ethnicity_and_their_own_scale(tmp_path):
+    p = tmp_path / "labels.csv"
+    p.write_text("path,score,gender,ethnicity,split\n"
+                 "images/female/asian/a.jpg,6.2,female,asian,train\n"
+                 "images/male/indian/b.jpg,9.9,male,indian,val\n"
+                 "images/male/black/c.jpg,10.5,male,black,train\n"          # off the 1-10 scale
+                 "images/female/martian/d.jpg,5,female,martian,train\n"     # unknown ethnicity
+                 "images/x/asian/e.jpg,5,other,asian,train\n"               # unknown gender
+                 "images/female/asian/f.jpg,5\n")                           # short line
+    rows = read_labels(p, "mebeauty", (1.0, 10.0))
+    got = {r.filename: r for r in rows}
+    assert (got["female/asian/a.jpg"].gender, got["female/asian/a.jpg"].group) == ("f", "asian")
+    assert got["male/indian/b.jpg"].rating == 9.9 and got["male/indian/b.jpg"].problem is None
+    assert got["male/black/c.jpg"].problem.startswith("rating out of range (1.0, 10.0)")
+    assert got["female/martian/d.jpg"].problem.startswith("unknown ethnicity")
+    assert got["x/asian/e.jpg"].problem.startswith("unknown gender")
+    assert rows[-1].problem.startswith("malformed")
+    # the same score on SCUT's scale is out of range: each source is checked on its own scale
+    assert read_labels(p, "mebeauty", (1.0, 5.0))[0].problem.startswith("rating out of range")
+
+
+def test_mebeauty_needs_its_header(tmp_path):
+    p = tmp_path / "labels.csv"
+    p.write_text("Filename,Rating\nftw1.jpg,2\n")
+    with pytest.raises(ValueError, match="path,score,gender,ethnicity,split"):
+        read_labels(p, "mebeauty", (1.0, 10.0))
+
+
+@pytest.mark.parametrize("reader, name, expected", [
+    ("mebeauty", "female/asian/x.jpg", ("f", "asian")), ("mebeauty", "male/mideastern/y.jpg", ("m", "mideastern")),
+    ("mebeauty", "female/x.jpg", None), ("mebeauty", "girl/asian/x.jpg", None), ("mebeauty", "female/elf/x.jpg", None),
+    ("scut", "ftw1.jpg", ("f", "caucasian")), ("scut", "AM2.jpg", ("m", "asian")), ("scut", "x.jpg", None),
+])
+def test_name_says(reader, name, expected):
+    assert name_says(reader, name) == expected

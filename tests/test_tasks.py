@@ -11,10 +11,10 @@ def test_heads_targets_and_metrics_come_from_the_table():
     import numpy as np
     import torch
 
-    assert HEAD_OUTPUTS == {"gender": 2, "rating": 1, "group": 2} and set(MAIN_METRIC) == set(SERVED)
+    assert HEAD_OUTPUTS == {"gender": 2, "rating": 1, "group": 6} and set(MAIN_METRIC) == set(SERVED)
     meta = pd.DataFrame({"gender": ["f", "m", "m"], "group": ["asian", "caucasian", "asian"], "rating": [1.5, 4.0, 3.0]})
     part = Part(np.zeros((3, 8, 8, 3), np.uint8), meta)
-    assert part.targets("gender").tolist() == [0, 1, 1] and part.targets("group").tolist() == [0, 1, 0]
+    assert part.targets("gender").tolist() == [0, 1, 1] and part.targets("group").tolist() == [0, 2, 0]
     assert part.targets("rating").dtype == torch.float32
     net = build_model(ModelConfig("convnet", (4,), 0.0, 8), list(TASKS))
     assert {k: h.out_features for k, h in net.heads.items()} == HEAD_OUTPUTS
