@@ -30,8 +30,18 @@ def flat_overrides(over: dict, prefix: str = "") -> list[str]:
         if isinstance(v, dict):
             out += flat_overrides(v, f"{prefix}{k}.")
         else:
-            out.append(f"{prefix}{k}={json.dumps(v, separators=(',', ':'))}")  # JSON is YAML: DVC parses it back
+            out.append(f"{prefix}{k}={override_value(v)}")
     return out
+
+
+def override_value(v) -> str:
+    """A value as `dvc exp run -S` (Hydra's override grammar) reads it back: JSON for scalars and lists,
+    but mappings with bare keys (`{name:"scut",scale:[1,5]}`): Hydra refuses quoted keys."""
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k}:{override_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(override_value(x) for x in v) + "]"
+    return json.dumps(v)
 
 
 def _profile(profile: str | Path, data: str | None) -> tuple[dict, str]:
