@@ -45,7 +45,7 @@ def one_run(task: str, nproc: int, epochs: int, work: Path) -> dict:
     if p.returncode:
         raise SystemExit(f"train with nproc={nproc} failed:\n{p.stderr[-3000:]}")
     history = json.loads((out / "history.json").read_text())
-    photos = len((ROOT / "data/split/train.txt").read_text().split())
+    photos = len([n for n in (ROOT / "data/split/train.txt").read_text().split("\n") if n])
     train_s = sum(h["seconds"] for h in history)
     return {"wall_s": wall, "train_s": train_s, "samples_per_s": photos * len(history) / train_s,
             "val": history[-1].get(next(k for k in history[-1] if k.startswith("val_")))}

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.atomic import atomic_path, write_text  # noqa: E402
+from pipeline.data import read_names  # noqa: E402
 from pipeline.sources import locate, parse_name, read_labels  # noqa: E402
 
 SCENES = [(1024, 768), (1152, 864), (1280, 960), (768, 1024), (864, 1152), (1000, 1000), (1280, 720)]
@@ -133,7 +134,7 @@ def build(photos: list[tuple[Path, dict]], out: Path, faces: int, empty: int, se
 def labelled_photos(data: Path, names: Path | None) -> list[tuple[Path, dict]]:
     """SCUT photos with labels, restricted to the file names listed in `names` when given."""
     label_file, image_dir = locate("scut", str(data), None)
-    keep = set(names.read_text().split()) if names else None
+    keep = set(read_names(names)) if names else None
     out = []
     for r in read_labels(label_file, "scut"):
         parsed = parse_name(r.filename)

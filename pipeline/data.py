@@ -42,6 +42,12 @@ class Part:
 PARTS = ("train", "val", "test")           # the split stage's file lists, <part>.txt
 
 
+def read_names(path: Path) -> list[str]:
+    """A split file list: one row key per line (keys may hold spaces, MEBeauty's file names do; ingest
+    quarantines names with line breaks)."""
+    return [n for n in Path(path).read_text(encoding="utf-8").split("\n") if n]
+
+
 def load_parts(ingested: Path, split_dir: Path, parts=PARTS) -> dict[str, Part]:
     """Reads images.npy once and slices it by the split's file lists (copies: the parts are small)."""
     meta = pd.read_parquet(ingested / "meta.parquet")
@@ -49,7 +55,7 @@ def load_parts(ingested: Path, split_dir: Path, parts=PARTS) -> dict[str, Part]:
     row = {n: i for i, n in enumerate(meta["filename"])}
     out = {}
     for part in parts:
-        names = (split_dir / f"{part}.txt").read_text().split()
+        names = read_names(split_dir / f"{part}.txt")
         idx = np.sort(np.array([row[n] for n in names], dtype=np.int64))   # file order: sequential memmap reads
         out[part] = Part(np.ascontiguousarray(images[idx]), meta.iloc[idx].reset_index(drop=True))
     return out

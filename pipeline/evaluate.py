@@ -26,7 +26,7 @@ from sklearn import metrics as skm
 
 from pipeline import scales
 from pipeline.atomic import atomic_path, sha256_file, write_text
-from pipeline.data import load_parts, on_served_scale
+from pipeline.data import load_parts, on_served_scale, read_names
 from pipeline.layers import layer_table, to_markdown
 from pipeline.metrics import (
     MAIN_METRIC,
@@ -214,7 +214,7 @@ def main() -> None:
     pop_rows, gaps = populations(task, test, y_pred, maps)
     m["largest_gap"] = {k: v["gap"] for k, v in gaps.items()}
     pops = populations_markdown(task, pop_rows, gaps)
-    sizes = {p: len((args.split / f"{p}.txt").read_text().split()) for p in ("train", "val", "test")}
+    sizes = {p: len(read_names(args.split / f"{p}.txt")) for p in ("train", "val", "test")}
     protocol = f"{_protocol(params, sizes)}; scored in {how['precision']} {how['memory_format']} on {how['device']}"
     logged = write_reports(task, m, predictions_frame(task, test, y_pred), args.model, args.out, protocol, pops)
 

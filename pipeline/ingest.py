@@ -64,6 +64,8 @@ def plan(label_rows, image_dir: Path) -> tuple[list[dict], list[dict], int]:
     for r in label_rows:
         reason = r.problem
         parsed = None
+        if reason is None and any(c in r.filename for c in "\r\n\x00"):
+            reason = "line break in the file name"        # the split's file lists hold one name a line
         if reason is None and (escapes(r.filename) or not _inside(image_dir, r.filename)):
             reason = "path leaves the data folder"
         if reason is None and (parsed := _labels_of(r)) is None:

@@ -91,7 +91,7 @@ def main() -> None:
         parts = stratified(meta, cfg.val, cfg.test, cfg.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     for part, names in parts.items():
-        write_text(args.out / f"{part}.txt", "".join(f"{n}\n" for n in names))
+        write_text(args.out / f"{part}.txt", "".join(f"{n}\n" for n in names))      # data.read_names reads them
     by_part = {p: meta[meta["filename"].isin(set(n))] for p, n in parts.items()}
     sizes = {p: len(n) for p, n in parts.items()}
     cells = {p: strata(m).value_counts().sort_index().to_dict() for p, m in by_part.items()}

@@ -57,3 +57,11 @@ def test_batches_cover_the_part_once_and_shuffle_with_a_generator():
         assert x.shape == (len(idx), 3, 4, 4)
         expected = (idx.float() / 255 - 0.5) / 0.5
         torch.testing.assert_close(x[:, 0, 0, 0], expected)
+
+
+def test_split_lists_keep_names_with_spaces_whole(tmp_path):
+    """MEBeauty has file names with spaces ('photo (1).jpg'): a list split on whitespace lost them."""
+    from pipeline.data import read_names
+
+    (tmp_path / "test.txt").write_text("mebeauty/female/asian/a (1).jpg\nscut/ftw1.jpg\n")
+    assert read_names(tmp_path / "test.txt") == ["mebeauty/female/asian/a (1).jpg", "scut/ftw1.jpg"]

@@ -1,6 +1,8 @@
 """The face step (pipeline/face.py) and its place in the image path (preprocess.frame), on drawn faces:
 the Haar cascade finds the project's synthetic faces, so these run without the real photos."""
+import dataclasses
 import io
+import math
 import sys
 
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import load_params
-from pipeline.face import FaceConfig, crop_square, detect, detector_version, face_square
+from pipeline.face import FaceConfig, crop_square, detect, detector_version, eyes, face_square, framing
 from pipeline.preprocess import ImageError, crop_contract, crop_from_contract, frame, open_image
 from pipeline.synth import render_face, sample_face
 
@@ -108,3 +110,51 @@ def test_the_crop_contract_round_trips_and_refuses_another_detector_version():
     assert crop_from_contract(contract) == CFG and contract["detector"] == detector_version(CFG)
     with pytest.raises(ValueError, match="trained on crops from opencv 3.0"):
         crop_from_contract({**contract, "detector": "opencv 3.0 " + CFG.cascade})
+
+
+def _example(turn: float) -> Image.Image:
+    """service/example.jpg (a drawn face whose eyes dlib's model finds, ~11.5 degrees off level) in a
+    grey 480 px photo, turned counter-clockwise by `turn` degrees."""
+    img = Image.open(ROOT / "service" / "example.jpg").convert("RGB").resize((240, 240))
+    photo = Image.new("RGB", (480, 480), (128, 128, 128))
+    photo.paste(img, (120, 120))
+    return photo.rotate(turn, Image.Resampling.BICUBIC, fillcolor=(128, 128, 128))
+
+
+def _eye_turn(img: Image.Image) -> float:
+    left, right = eyes(img, detect(img, CFG)[0], CFG)
+    return math.degrees(math.atan2(right[1] - left[1], right[0] - left[0]))
+
+
+@pytest.mark.parametrize("turn", [-12.0, 8.0, 20.0])
+def test_the_eyes_follow_a_turned_head_and_the_aligned_crop_undoes_the_turn(turn):
+    assert CFG.landmarks == "dlib5"
+    level = _eye_turn(_example(0.0))
+    assert _eye_turn(_example(turn)) == pytest.approx(level - turn, abs=2.0)    # PIL turns counter-clockwise
+    upright = frame(open_image(_jpeg(_example(0.0)), 10**8), 64, CFG).pixels.astype(int)
+    turned = frame(open_image(_jpeg(_example(turn)), 10**8), 64, CFG).pixels.astype(int)
+    boxed = dataclasses.replace(CFG, landmarks="none")
+    by_box = frame(open_image(_jpeg(_example(turn)), 10**8), 64, boxed).pixels.astype(int)
+    # by the eyes, the turned photo gives the upright photo's crop; by the box alone it stays turned
+    assert np.abs(turned - upright).mean() < 0.6 * np.abs(by_box - upright).mean()
+
+
+def test_eyes_that_disagree_with_the_box_fall_back_to_the_box_framing(monkeypatch):
+    import pipeline.face as face_module
+
+    img = _example(0.0)
+    found = detect(img, CFG)[0]
+    assert framing(img, found, CFG) != face_square(found, CFG)           # eyes used when plausible
+
+    class Shape:                                                          # all four eye corners on one spot
+        def part(self, i):
+            return type("P", (), {"x": 80, "y": 80})()
+
+    monkeypatch.setattr(face_module, "_shape_predictor", lambda: lambda roi, box: Shape())
+    assert eyes(img, found, CFG) is None and framing(img, found, CFG) == face_square(found, CFG)
+
+
+def test_the_contract_names_the_landmark_model_and_its_versions():
+    text = detector_version(CFG)
+    assert "shape_predictor_5_face_landmarks.dat" in text and "dlib 20" in text and "face_recognition_models 0.3.0" in text
+    assert "dlib" not in detector_version(dataclasses.replace(CFG, landmarks="none"))

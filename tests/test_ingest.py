@@ -128,3 +128,33 @@ def test_face_crop_quarantines_photos_without_a_face_and_stores_the_face_steps_c
     assert res.counts()["rows_in"] == res.counts()["kept"] + res.counts()["quarantined"] == len(rows)
     for i, name in enumerate(res.meta["filename"][:5]):
         np.testing.assert_array_equal(res.images[i], load_uint8(folder / "images" / name, 32, 10**7, CFG))
+
+
+@pytest.fixture
+def mebeauty(tmp_path):
+    """MEBeauty's layout: images/<gender>/<ethnicity>/<file>, labels.csv with both as columns."""
+    root = tmp_path / "me"
+    for g, e, n in (("female", "asian", "a.jpg"), ("male", "black", "b.jpg"), ("male", "indian", "orphan.jpg")):
+        (root / "images" / g / e).mkdir(parents=True, exist_ok=True)
+        (root / "images" / g / e / n).write_bytes(_jpeg())
+    (tmp_path / "secret.jpg").write_bytes(_jpeg())
+    (root / "images" / "female" / "asian" / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    (root / "labels.csv").write_text(
+        "path,score,gender,ethnicity,split\n"
+        "images/female/asian/a.jpg,6.5,female,asian,train\n"
+        "images/male/black/b.jpg,8.0,male,black,val\n"
+        "images/female/asian/a.jpg,6.5,female,asian,val\n"          # listed in both parts (as upstream)
+        "images/female/asian/link.jpg,5,female,asian,train\n")       # a link that leads out of the folder
+    return root
+
+
+def test_mebeauty_rows_keep_their_labels_folders_and_quarantine_what_leaves(mebeauty):
+    rows = read_labels(mebeauty / "labels.csv", "mebeauty", (1.0, 10.0))
+    res = ingest(rows, mebeauty / "images", size=24, max_pixels=10**6)
+    assert res.meta[["filename", "gender", "group", "rating"]].values.tolist() == [
+        ["female/asian/a.jpg", "f", "asian", 6.5], ["male/black/b.jpg", "m", "black", 8.0]]
+    got = dict(zip(res.quarantine["filename"], res.quarantine["reason"], strict=True))
+    assert got == {"female/asian/a.jpg": "duplicate filename (line 2 kept)",
+                   "female/asian/link.jpg": "path leaves the data folder",
+                   "male/indian/orphan.jpg": "image without a label"}
+    assert res.counts() == {"rows_in": 5, "kept": 2, "quarantined": 3}

@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.data import read_names
+
 from conftest import TINY, TINY_TASK, copy_repo, run
 
 
@@ -22,7 +24,7 @@ def test_data_stages_run_then_report_nothing_to_do(tmp_path):
     assert images.shape == (48, 32, 32, 3) and len(meta) == 48
     assert json.loads((repo / "reports/gx/summary.json").read_text())["success"] is True
     assert (repo / "reports/gx/data_docs/index.html").is_file()
-    parts = {p: (repo / f"data/split/{p}.txt").read_text().split() for p in ("train", "val", "test")}
+    parts = {p: read_names(repo / f"data/split/{p}.txt") for p in ("train", "val", "test")}
     assert sorted(sum(parts.values(), [])) == sorted(meta["filename"])
     again = run(["dvc", "repro", "split"], repo)
     assert "Data and pipelines are up to date" in again
@@ -207,7 +209,7 @@ FINAL_SCORES = """
 import json
 from pathlib import Path
 from pipeline.config import load_params
-from pipeline.data import load_parts
+from pipeline.data import load_parts, read_names
 from pipeline.model import predict, serving_model
 p = load_params()
 test = load_parts(Path("data/ingested"), Path("data/split"), ("test",))["test"]
@@ -229,7 +231,7 @@ from starlette.testclient import TestClient
 from service.service import asgi
 out = {}
 with TestClient(asgi()) as c:
-    for name in Path("data/split/test.txt").read_text().split():
+    for name in read_names(Path("data/split/test.txt")):
         r = c.post("/predict", files={"image": (name, (images / name).read_bytes(), "image/jpeg")})
         b = r.json()
         out[name] = [b["gender_probability"] if b["gender"] == "male" else 1 - b["gender_probability"], b["rating"],

@@ -40,7 +40,7 @@ def test_the_profile_command_prints_dvc_exp_run_and_refuses_data_without_a_profi
     ok = subprocess.run(cmd + ["--profile", "scut", "--data", "/photos"], cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0 and ok.stdout.startswith("dvc exp run -n scut-")       # a named experiment
     assert ' -S ingest.dataset="scut"' in ok.stdout
-    assert '"path":"/photos"' in ok.stdout
+    assert 'path:"/photos"' in ok.stdout
     bad = subprocess.run(cmd + ["--data", "/photos"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 1 and "needs a profile" in bad.stderr
 

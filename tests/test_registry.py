@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline.data import read_names
+
 from conftest import ROOT, tiny_bundle
 
 
@@ -67,7 +69,7 @@ def scored(monkeypatch, workdir):
 
     quality: dict[str, float | None] = {}
     meta = pd.read_parquet(workdir / "data/ingested/meta.parquet").set_index("filename")
-    truth = meta.loc[(workdir / "data/split/test.txt").read_text().split(), "rating"].to_numpy()
+    truth = meta.loc[read_names(workdir / "data/split/test.txt"), "rating"].to_numpy()
     policy = resolve(Execution(), torch.device("cpu"))
 
     def predict(sha, images, *a, **k):

@@ -27,6 +27,22 @@ def _post(client, data: bytes, field="image", ctype="image/jpeg", name="face.jpg
     return client.post("/predict", files={field: (name, data, ctype)})
 
 
+def test_a_phones_heic_and_an_avif_are_answered_like_the_jpeg_of_the_same_photo(client):
+    from pathlib import Path
+
+    heic = (Path(__file__).parent / "fixtures" / "example.heic").read_bytes()     # service/example.jpg as HEIC
+    jpeg = (Path(__file__).parents[1] / "service" / "example.jpg").read_bytes()
+    avif = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).save(avif, "AVIF", quality=90)
+    answers = [_post(client, data, ctype=t, name=n) for data, t, n in
+               ((jpeg, "image/jpeg", "a.jpg"), (heic, "image/heic", "a.heic"), (avif.getvalue(), "image/avif", "a.avif"))]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    ref = answers[0].json()
+    for a in answers[1:]:
+        assert a.json()["gender"] == ref["gender"] and abs(a.json()["rating"] - ref["rating"]) < 0.25
+        assert abs(a.json()["gender_probability"] - ref["gender_probability"]) < 0.1
+
+
 def test_predict_answers_gender_probability_rating_and_versions(client):
     from service.service import EXAMPLE_INPUT
 
@@ -98,7 +114,8 @@ MP = "multipart/form-data; boundary=b0undary"
     (lambda c: _post(c, b""), 400, "is empty"),                     # the guard refuses empty parts
     (lambda c: _post(c, _bomb(), ctype="image/png"), 400, "decompression bomb"),
     (lambda c: _post(c, _absurd(), ctype="image/png"), 400, "absurd dimensions"),
-    (lambda c: _post(c, _gif(), ctype="image/gif"), 400, "not an image"),          # not an allowed decoder
+    (lambda c: _post(c, _gif(), ctype="image/gif"), 400,                            # not an allowed decoder:
+     "unsupported format GIF (send JPEG, PNG, WebP, HEIC/HEIF or AVIF)"),           # named, and what to send
     (lambda c: _post(c, _img(), ctype="text/plain"), 415, "expected image/*"),
     (lambda c: _post(c, _img(), field="photo"), 400, "unknown field 'photo'"),
     (lambda c: _post(c, b"x" * (2**20 + 70_000)), 413, "over the limit"),
