@@ -43,7 +43,8 @@ RUN if compgen -G "/tmp/wheels/torch-*.whl" >/dev/null; then \
       pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"; \
     fi \
  && pip install --no-cache-dir -r /tmp/requirements-serve.txt \
- && rm -rf /tmp/wheels /tmp/requirements-serve.txt
+ && rm -rf /tmp/wheels /tmp/requirements-serve.txt \
+ && find "$VIRTUAL_ENV" -path "*face_recognition_models/models/*" ! -name shape_predictor_5_face_landmarks.dat -delete
 
 RUN useradd --create-home --uid 10001 --user-group app \
  && install -d -o 10001 -g 10001 /home/app/bentoml

@@ -129,9 +129,10 @@ pictures: install  ## the README's plots and demo-page screenshot (docs/*.png) f
 	python docs/pictures.py
 
 # after `make repro PROFILE=scut DATA=...`: the dev set is drawn from that run's test split only
-faces: install  ## face step: SCUT framing, in-the-wild dev set (data/wild) recall / 422s / scores vs aligned (~4 min)
+faces: install  ## face step: SCUT framing, synthetic scenes (data/wild) recall / 422s / scores, detectors on MEBeauty val (~6 min)
 	python bench/wild.py --data '$(or $(DATA),../shared/data/facescore)' --out data/wild --names data/split/test.txt
 	python bench/faces.py --data '$(or $(DATA),../shared/data/facescore)' --framing --wild data/wild --models models
+	python bench/detectors.py --mebeauty '$(or $(MEBEAUTY),../shared/data/mebeauty)' --wild data/wild
 
 hardening: install $(ST)  ## fuzz, soak, overload, hang-ups, an attacker's corpus, slow clients, memory, schemathesis (~7 min)
 	python bench/hardening.py --schemathesis $(ST)

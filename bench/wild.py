@@ -132,9 +132,10 @@ def build(photos: list[tuple[Path, dict]], out: Path, faces: int, empty: int, se
 
 
 def labelled_photos(data: Path, names: Path | None) -> list[tuple[Path, dict]]:
-    """SCUT photos with labels, restricted to the file names listed in `names` when given."""
+    """SCUT photos with labels, restricted to the file names listed in `names` when given (a split list:
+    keys `scut/<file>`; the SCUT rows of a run with several sources)."""
     label_file, image_dir = locate("scut", str(data), None)
-    keep = set(read_names(names)) if names else None
+    keep = {n.removeprefix("scut/") for n in read_names(names) if "/" not in n.removeprefix("scut/")} if names else None
     out = []
     for r in read_labels(label_file, "scut"):
         parsed = parse_name(r.filename)

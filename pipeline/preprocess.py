@@ -62,8 +62,10 @@ MAX_JPEG_HEAD_FF = 65_536
 MAX_PNG_CHUNKS = 20_000
 # PNG and WebP have no reduced-scale decode (JPEG's draft): every pixel is decoded, at 25-100 ns each
 # here (a 24 MP WebP took 0.9 s, a 36 MP PNG 0.9 s, a 16383 x 976 WebP 0.8 s in the service's
-# decoder), so they get a smaller pixel budget than JPEG: 12 MP, a phone camera's full frame.
-MAX_FULL_DECODE_PIXELS = 12_000_000
+# decoder), so they get a smaller pixel budget than JPEG: a 12 MP phone camera's full frame (4032 x 3024
+# = 12.19 MP, what iPhones write as HEIC). HEIC/AVIF decode no faster (libde265 / dav1d): the decoder's
+# CPU budget (package.decode_cpu_s) still bounds each one.
+MAX_FULL_DECODE_PIXELS = 12_600_000
 
 
 class ImageError(ValueError):

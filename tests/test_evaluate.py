@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from pipeline.evaluate import PAPER, report
 from pipeline.metrics import compute_metrics
@@ -80,3 +81,26 @@ def test_metrics_split_into_headline_and_groups_with_nothing_lost():
     headline, groups = split_metrics(m)
     assert set(headline) == {"mae", "rmse", "pearson", "spearman"}
     assert {"pearson_asian", "mae_caucasian", "n_asian"} <= set(groups) and {**headline, **groups} == m
+
+
+def test_populations_score_rating_on_each_sources_own_scale():
+    """A model that is exact on the served scale is exact on MEBeauty's 1-10 scale too: the bundle's map
+    takes the predictions back; Pearson per source is the same on either scale."""
+    import pandas as pd
+
+    from pipeline.data import Part, on_served_scale
+    from pipeline.evaluate import populations
+
+    maps = {"scut": (1.0, 0.0), "mebeauty": (0.5, 0.0)}
+    meta = pd.DataFrame({"source": ["scut"] * 40 + ["mebeauty"] * 40, "gender": ["f", "m"] * 40,
+                         "group": ["asian"] * 60 + ["black"] * 20,
+                         "rating": np.r_[np.linspace(1, 5, 40), np.linspace(2, 10, 40)]})
+    test = on_served_scale({"test": Part(np.zeros((80, 4, 4, 3), np.uint8), meta)}, maps)["test"]
+    served_truth = test.meta["rating"].to_numpy()
+    rows, gaps = populations("rating", test, served_truth, maps)
+    by = {(r["grouping"], r["group"]): r for r in rows}
+    assert by[("source", "mebeauty")]["mae"] == pytest.approx(0) and by[("source", "mebeauty")]["pearson"] == pytest.approx(1)
+    assert by[("source/ethnicity", "mebeauty/black")]["n"] == 20 and by[("source/ethnicity", "mebeauty/black")]["small"]
+    noisy = served_truth + np.r_[np.zeros(40), np.full(40, 0.5)]          # 0.5 off on the served scale ...
+    rows, _ = populations("rating", test, noisy, maps)
+    assert {(r["grouping"], r["group"]): r for r in rows}[("source", "mebeauty")]["mae"] == pytest.approx(1.0)  # ... 1 on 1-10

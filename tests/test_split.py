@@ -42,3 +42,17 @@ def test_official_split_keeps_membership_and_carves_val_from_train(tmp_path):
 def test_a_name_in_two_parts_is_refused():
     with pytest.raises(SplitLeak, match="ftw1.jpg is in both train and test"):
         check_disjoint({"train": ["ftw1.jpg"], "val": [], "test": ["ftw1.jpg"]})
+
+
+def test_two_sources_are_stratified_by_source_gender_and_ethnicity():
+    """Each source keeps its share in every part: a part without MEBeauty's Indian men could not show them."""
+    scut = _meta(300).assign(source="scut")
+    me = pd.DataFrame({"filename": [f"me/{i}.jpg" for i in range(240)], "gender": ["f", "m"] * 120,
+                       "group": ["indian", "black", "asian", "hispanic"] * 60, "source": "mebeauty"})
+    meta = pd.concat([scut.assign(filename="scut/" + scut["filename"]), me], ignore_index=True)
+    assert strata(meta).nunique() == 4 + 4
+    parts = stratified(meta, val=0.15, test=0.15, seed=0)
+    whole = strata(meta).value_counts(normalize=True)
+    for names in parts.values():
+        cells = strata(meta[meta["filename"].isin(names)]).value_counts(normalize=True)
+        assert set(cells.index) == set(whole.index) and (cells - whole).abs().max() < 0.02

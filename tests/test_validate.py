@@ -51,3 +51,31 @@ def test_wrong_image_shape_row_count_and_class_imbalance_fail():
     only_men = meta[meta["gender"] == "m"]
     got = {f["column"] for f in failures(_check(only_men))}
     assert got == {"is_female"}
+
+
+def _mebeauty(n=24):
+    groups = ["asian", "black", "caucasian", "hispanic", "indian", "mideastern"]
+    rows = [("female" if i % 2 else "male", groups[i % 6]) for i in range(n)]
+    return pd.DataFrame({
+        "source": "mebeauty", "filename": [f"mebeauty/{g}/{e}/p {i}.jpg" for i, (g, e) in enumerate(rows)],
+        "gender": [g[0] for g, _ in rows], "group": [e for _, e in rows], "rating": np.linspace(1, 10, n),
+        "sha256": ["0" * 64] * n, "orig_width": 900, "orig_height": 1200})
+
+
+def test_each_source_is_checked_on_its_own_scale_groups_and_folders():
+    from pipeline.sources import SourceConfig
+
+    me = SourceConfig("mebeauty", "mebeauty", "x", None, (1.0, 10.0))
+    scut = SourceConfig("scut", "scut", "y", None, (1.0, 5.0))
+    meta = _mebeauty()
+
+    def check(m, source):
+        return failures(run_suite(expectation_frame(m, (len(m), 32, 32, 3), source.reader),
+                                  build_expectations(32, (0.35, 0.65), len(m), source)))
+
+    assert check(meta, me) == []                                  # 1-10 scores, six ethnicities, folders agree
+    on_scut_scale = {f["column"] for f in check(meta, scut)}
+    assert "rating" in on_scut_scale and "group" in on_scut_scale  # SCUT's 1-5 and two groups refuse them
+    lying = meta.copy()
+    lying.loc[0, "gender"] = "f" if lying.loc[0, "gender"] == "m" else "m"   # the label against its folder
+    assert {f["column"] for f in check(lying, me)} == {"gender=name_gender"}
