@@ -42,8 +42,6 @@ from pipeline.preprocess import ImageError, crop_square, decode_rgb, frame, open
 def _hog_frame(data: bytes, size: int, cfg) -> tuple[np.ndarray, tuple | None]:
     """dlib's HOG detector + the same eyes: the photo decoded so that the smallest face searched for
     (min_face of the shorter side) is HOG's 80 px window -> (crop, eyes)."""
-    import dlib
-
     rgb = decode_rgb(open_image(data, 10**8), min_side=math.ceil(80 / cfg.min_face))
     k = min(1.0, 80 / cfg.min_face / min(rgb.size))
     grey = rgb.convert("L").resize((round(rgb.width * k), round(rgb.height * k)), Image.Resampling.BOX)
