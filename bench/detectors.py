@@ -19,6 +19,7 @@ cores for OpenCV, minus a centre crop of the same photos: what the face step add
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import io
 import math
@@ -109,10 +110,8 @@ def measure(photos: list[bytes], run, timing: list[bytes]) -> dict:
     times = []
     for data in timing:
         t = time.perf_counter()
-        try:
+        with contextlib.suppress(ImageError):
             run(data)
-        except ImageError:
-            pass
         times.append(time.perf_counter() - t)
     return {"found": found / len(photos), "eyes": eyes / len(photos),
             "turn_p50": statistics.median(turns) if turns else float("nan"),
