@@ -78,8 +78,8 @@ def candidates(cfg) -> dict:
             found = F.detect(rgb, c)
             if not found:
                 raise ImageError("no face")
-            out = F.eyes(rgb, found[0], c) if c.landmarks == "dlib5" else None
-            crop_square(rgb, F.framing(rgb, found[0], c), 96)
+            out = F.eyes(rgb, found[0], c) if c.landmarks == "dlib5" else None   # what framing() does, once
+            crop_square(rgb, F.eye_square(*out, c) if out else F.face_square(found[0], c), 96)
             return out
         return run
     return {"haar-alt2": haar(dataclasses.replace(cfg, landmarks="none")),

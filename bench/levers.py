@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data import load_parts
+from pipeline.data import load_parts, on_served_scale
 from pipeline.execution import Execution, resolve, select_device
 from pipeline.metrics import compute_metrics
 from pipeline.model import TaskModel, for_inference, load_bundle, predict
@@ -59,7 +59,9 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("."))
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    test = load_parts(args.root / "data/ingested", args.root / "data/split", ("test",))["test"]
+    maps = load_bundle(args.root / "models/rating/model.pt")[1]["trained_on"].get("rating_scales", {})
+    # every source's ratings on the served scale, by the rating model's own map (pipeline/scales.py)
+    test = on_served_scale(load_parts(args.root / "data/ingested", args.root / "data/split", ("test",)), maps)["test"]
     nets = {}
     for task in ("gender", "rating"):
         net, bundle = load_bundle(args.root / f"models/{task}/model.pt")

@@ -228,11 +228,12 @@ images = Path(sys.argv[1])
 serving = json.loads(Path("models/serving.json").read_text())
 os.environ["FACES_GENDER_MODEL"], os.environ["FACES_RATING_MODEL"] = serving["gender"]["tag"], serving["rating"]["tag"]
 from starlette.testclient import TestClient
+from pipeline.data import read_names
 from service.service import asgi
 out = {}
 with TestClient(asgi()) as c:
-    for name in read_names(Path("data/split/test.txt")):
-        r = c.post("/predict", files={"image": (name, (images / name).read_bytes(), "image/jpeg")})
+    for name in read_names(Path("data/split/test.txt")):       # keys <source>/<file>
+        r = c.post("/predict", files={"image": (name, (images / name.split("/", 1)[1]).read_bytes(), "image/jpeg")})
         b = r.json()
         out[name] = [b["gender_probability"] if b["gender"] == "male" else 1 - b["gender_probability"], b["rating"],
                      b["face"]["crop"]]
@@ -328,7 +329,8 @@ def test_face_crop_pipeline_on_real_photos_serves_exactly_what_evaluate_scored(r
     through train, MLflow and package into the BentoML metadata, and the service, given each test
     photo FILE, finds and crops the face itself and answers exactly what evaluate scored."""
     photos = _scut_subset(real_data, tmp_path / "scut")
-    repo = copy_repo(tmp_path / "repo", {**TINY, "ingest": {"source": "scut", "path": str(photos),
+    source = {"name": "scut", "reader": "scut", "path": str(photos), "label_file": None, "scale": [1, 5]}
+    repo = copy_repo(tmp_path / "repo", {**TINY, "ingest": {"dataset": "scut", "sources": [source],
                                                             "image_size": 32, "crop": "face"}})
     out = run(["dvc", "repro"], repo, timeout=900)
     assert "face crop" in out and "evaluate rating:" in out

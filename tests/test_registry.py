@@ -25,7 +25,7 @@ def workdir(tmp_path, monkeypatch, tiny_faces):
     monkeypatch.chdir(tmp_path)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["tracking"]["uri"] = f"sqlite:///{tmp_path}/m.db"
-    raw["ingest"]["path"] = str(tiny_faces)
+    raw["ingest"]["sources"][0]["path"] = str(tiny_faces)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     res = ingest(read_labels(tiny_faces / "FaceScore.csv", "facescore"), tiny_faces / "images", 32, 10**8)
     (tmp_path / "data/ingested").mkdir(parents=True)
