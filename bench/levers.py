@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("."))
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    maps = load_bundle(args.root / "models/rating/model.pt")[1]["trained_on"].get("rating_scales", {})
+    maps = load_bundle(args.root / "models/rating/model.pt")[1].get("trained_on", {}).get("rating_scales", {})
     # every source's ratings on the served scale, by the rating model's own map (pipeline/scales.py)
     test = on_served_scale(load_parts(args.root / "data/ingested", args.root / "data/split", ("test",)), maps)["test"]
     nets = {}

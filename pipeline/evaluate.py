@@ -204,7 +204,7 @@ def main() -> None:
     from pipeline.config import load_params
 
     params, task = load_params(args.params), args.task
-    maps = load_bundle(args.model / "model.pt")[1]["trained_on"].get("rating_scales", {})
+    maps = load_bundle(args.model / "model.pt")[1].get("trained_on", {}).get("rating_scales", {})
     test = on_served_scale(load_parts(args.data, args.split, ("test",)), maps)["test"]
     y_true = test.targets(task).numpy()
     subgroups = (test.meta["group"] + "_" + test.meta["gender"]).to_numpy()     # e.g. asian_f

@@ -72,7 +72,7 @@ def refit(params, task: str, model_dir: Path, data: Path, split: Path) -> dict:
     heads, mcfg = [task, *cfg.aux_tasks], ModelConfig(cfg.arch, cfg.widths, cfg.dropout, params.ingest.image_size)
     split_bundle = torch.load(model_dir / "model.pt", weights_only=True, map_location="cpu")
     check_recipe(split_bundle, mcfg, heads)
-    maps = {k: tuple(v) for k, v in split_bundle["trained_on"].get("rating_scales", {}).items()}
+    maps = {k: tuple(v) for k, v in split_bundle.get("trained_on", {}).get("rating_scales", {}).items()}
     parts = on_served_scale(load_parts(data, split, PARTS), maps)      # the split run's map (its training part)
     every = {"train": merge_parts([parts[p] for p in PARTS])}      # no "val": nothing to choose by
     rcfg = refit_config(cfg, len(parts["train"]), len(every["train"]), params.refit.budget)

@@ -39,10 +39,10 @@ def _git_commit() -> str:
 
 
 def data_hash(lock: Path = Path("dvc.lock")) -> str:
-    """md5 of the ingested metadata as recorded in dvc.lock (DVC updates it stage by stage)."""
+    """md5 of the combined metadata as recorded in dvc.lock (DVC updates it stage by stage)."""
     try:
         stages = yaml.safe_load(lock.read_text())["stages"]
-        for out in stages["ingest"]["outs"]:
+        for out in stages["combine"]["outs"]:
             if out["path"].endswith("meta.parquet"):
                 return out["md5"]
     except (OSError, KeyError, TypeError):

@@ -18,12 +18,13 @@ from conftest import TINY, TINY_TASK, copy_repo, run
 def test_data_stages_run_then_report_nothing_to_do(tmp_path):
     repo = copy_repo(tmp_path, TINY)
     out = run(["dvc", "repro", "split"], repo)
-    assert "ingest: 48 rows in = 48 kept + 0 quarantined" in out
+    assert "ingest synthetic: 48 rows in = 48 kept + 0 quarantined" in out
+    assert "combine: 48 photos from 1 source(s): synthetic 48" in out
     images = np.load(repo / "data/ingested/images.npy", mmap_mode="r")
     meta = pd.read_parquet(repo / "data/ingested/meta.parquet")
     assert images.shape == (48, 32, 32, 3) and len(meta) == 48
     assert json.loads((repo / "reports/gx/summary.json").read_text())["success"] is True
-    assert (repo / "reports/gx/data_docs/index.html").is_file()
+    assert (repo / "reports/gx/data_docs/synthetic/index.html").is_file()
     parts = {p: read_names(repo / f"data/split/{p}.txt") for p in ("train", "val", "test")}
     assert sorted(sum(parts.values(), [])) == sorted(meta["filename"])
     again = run(["dvc", "repro", "split"], repo)
@@ -32,7 +33,7 @@ def test_data_stages_run_then_report_nothing_to_do(tmp_path):
 
     mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["faces"])
-    assert sorted(runs["tags.stage"]) == ["ingest", "split", "synth", "validate"]      # the check logs nothing
+    assert sorted(runs["tags.stage"]) == ["combine", "ingest-synthetic", "split", "synth", "validate"]  # the check logs nothing
     assert set(runs.loc[runs["tags.stage"] == "split", "tags.data_hash"]) != {"unknown"}
     # a params change only the split reads reruns the check (same output) and the split, nothing upstream
     raw = yaml.safe_load((repo / "params.yaml").read_text())
@@ -40,7 +41,7 @@ def test_data_stages_run_then_report_nothing_to_do(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(raw))
     out = run(["dvc", "repro", "split"], repo)
     assert "Running stage 'params'" in out and "Running stage 'split'" in out
-    assert "Running stage 'ingest'" not in out and "Running stage 'validate'" not in out
+    assert "Running stage 'ingest@0'" not in out and "Running stage 'validate'" not in out
     # a typo (as `dvc exp run -S train.gender.epoch=3` writes it) fails in one line, before any stage
     # removes its outputs
     import subprocess
@@ -69,12 +70,12 @@ def test_too_much_quarantine_fails_the_stage_with_a_clear_message(tmp_path):
 
     from conftest import venv_env
 
-    p = subprocess.run(["python", "-m", "pipeline.ingest", "--out", "data/ingested", "--report", "r.json"],
-                       cwd=repo, env=venv_env(), capture_output=True, text=True)
+    p = subprocess.run(["python", "-m", "pipeline.ingest", "--source", "synthetic", "--out", "data/sources/synthetic",
+                        "--report", "r.json"], cwd=repo, env=venv_env(), capture_output=True, text=True)
     assert p.returncode != 0
-    assert "FAILED - 10.4% of the rows were quarantined" in p.stderr
+    assert "ingest synthetic: FAILED - 10.4% of the rows were quarantined" in p.stderr
     assert "empty file" in p.stdout
-    q = pd.read_csv(repo / "data/ingested/quarantine.csv")
+    q = pd.read_csv(repo / "data/sources/synthetic/quarantine.csv")
     assert len(q) == 5 and set(q["reason"]) == {"empty file"}
 
 

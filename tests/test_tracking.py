@@ -23,7 +23,7 @@ def test_stage_run_logs_params_metrics_tags_and_dataset(params, tmp_path):
     import pandas as pd
 
     (tmp_path / "dvc.lock").write_text(
-        "schema: '2.0'\nstages:\n  ingest:\n    outs:\n    - path: data/ingested/meta.parquet\n      md5: abc123\n")
+        "schema: '2.0'\nstages:\n  combine:\n    outs:\n    - path: data/ingested/meta.parquet\n      md5: abc123\n")
     with tracking.stage_run(params, "split", params.split) as run_id:
         tracking.log_metrics({"train_rows": 7})
         tracking.log_table(pd.DataFrame({"filename": ["ftw1.jpg"], "rating": [2.0]}), "faces-train", "x", "train")
