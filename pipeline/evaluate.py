@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn import metrics as skm
 
 from pipeline import scales
@@ -204,7 +205,8 @@ def main() -> None:
     from pipeline.config import load_params
 
     params, task = load_params(args.params), args.task
-    maps = load_bundle(args.model / "model.pt")[1].get("trained_on", {}).get("rating_scales", {})
+    bundle = torch.load(args.model / "model.pt", weights_only=True, map_location="cpu")   # the facts, no network
+    maps = bundle.get("trained_on", {}).get("rating_scales", {})
     test = on_served_scale(load_parts(args.data, args.split, ("test",)), maps)["test"]
     y_true = test.targets(task).numpy()
     subgroups = (test.meta["group"] + "_" + test.meta["gender"]).to_numpy()     # e.g. asian_f

@@ -50,10 +50,9 @@ def _labels_of(r) -> tuple[str, str] | None:
     return parse_name(r.filename)
 
 
-def _inside(image_dir: Path, filename: str) -> bool:
-    """The file, symlinks resolved, lies under the image folder (a link may not lead out of it)."""
-    root = image_dir.resolve()
-    return (image_dir / filename).resolve().is_relative_to(root)
+def _inside(root: Path, filename: str) -> bool:
+    """The file, symlinks resolved, lies under the (resolved) image folder: a link may not lead out of it."""
+    return (root / filename).resolve().is_relative_to(root)
 
 
 def plan(label_rows, image_dir: Path) -> tuple[list[dict], list[dict], int]:
@@ -61,12 +60,13 @@ def plan(label_rows, image_dir: Path) -> tuple[list[dict], list[dict], int]:
     todo: list[dict] = []
     bad: list[dict] = []
     seen: dict[str, int] = {}
+    root = image_dir.resolve()                          # once, not per row
     for r in label_rows:
         reason = r.problem
         parsed = None
         if reason is None and any(c in r.filename for c in "\r\n\x00"):
             reason = "line break in the file name"        # the split's file lists hold one name a line
-        if reason is None and (escapes(r.filename) or not _inside(image_dir, r.filename)):
+        if reason is None and (escapes(r.filename) or not _inside(root, r.filename)):
             reason = "path leaves the data folder"
         if reason is None and (parsed := _labels_of(r)) is None:
             reason = "unknown name prefix"
