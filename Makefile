@@ -5,7 +5,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
-PYTEST_ARGS ?=
+# `make test PYTEST_ARGS='-k guard'`; from the command line only (an exported PYTEST_ARGS is ignored)
+PYTEST_ARGS :=
 
 # Telemetry off for every tool, in this process and its children (dvc, mlflow, bentoml).
 export DVC_NO_ANALYTICS := 1
@@ -26,9 +27,11 @@ GPU_OUT ?= out/gpu
 # `make estimate PROFILE=scut DATA=... [SEEDS="0 1 2"]`: the profile under several seeds -> reports/estimate.json
 SEEDS ?= 0 1 2
 # the tracking URI lives in params.yaml alone
-TRACKING_URI = $(shell $(BIN)/python -c 'from pipeline.config import load_params; print(load_params().tracking.uri)')
+TRACKING_URI = $(shell $(BIN)/python -c 'from pipeline.core.config import load_params; print(load_params().tracking.uri)')
 
-SERVING = models/serving.json
+# `make serve RELEASE=real`: the published models in release/real/ instead of this clone's run
+RELEASE ?=
+SERVING = $(if $(RELEASE),release/$(RELEASE)/serving.json,models/serving.json)
 ST_VENV := .venv-st
 ST := $(ST_VENV)/bin/st
 SCHEMATHESIS := 4.32.5
@@ -37,7 +40,7 @@ K8S := $(K8S_VENV)/bin/kubernetes-validate
 KUBERNETES_VALIDATE := 1.37.0
 tag = $(shell $(BIN)/python -c 'import json; print(json.load(open("$(SERVING)"))["$(1)"]["tag"])')
 
-.PHONY: help install repro test lint compare ui serve build docker-context container-test compose-test push pull tracking-server k8s-tools bench bench-train bench-ddp estimate gpu-train hardening faces pictures st lock clean
+.PHONY: help install repro test lint compare ui serve release build docker-context container-test compose-test push pull tracking-server k8s-tools bench bench-train bench-ddp estimate gpu-train hardening faces pictures st lock clean
 help:  ## this list
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 24
 
@@ -45,7 +48,7 @@ install: $(STAMP)  ## .venv with requirements.lock (every other target runs it f
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
@@ -53,28 +56,28 @@ repro: install  ## the DVC pipeline: synthetic data by default; PROFILE=scut DAT
 ifeq ($(PROFILE)$(DATA),)
 	dvc repro
 else
-	python -m pipeline.profile --profile '$(PROFILE)' --data '$(DATA)' $(foreach s,$(SET),--set '$(s)')
+	python -m pipeline.cli.profile --profile '$(PROFILE)' --data '$(DATA)' $(foreach s,$(SET),--set '$(s)')
 endif
 
 estimate: install  ## PROFILE under SEEDS (own split + init each, refit off): mean +- sd -> reports/estimate.json
-	python -m pipeline.estimate --profile '$(or $(PROFILE),scut)' --data '$(or $(DATA),../shared/data/facescore)' \
+	python -m pipeline.cli.estimate --profile '$(or $(PROFILE),scut)' --data '$(or $(DATA),../shared/data/facescore)' \
 	  --seeds $(SEEDS) $(foreach s,$(SET),--set '$(s)')
 
-gpu-train: install  ## profiles/scut-gpu.yaml (one GPU, <= 10 min): models, metrics, BentoML exports -> GPU_OUT
-	python -m pipeline.profile --profile scut-gpu --data '$(or $(DATA),../shared/data/facescore)' $(foreach s,$(SET),--set '$(s)')
-	python -m pipeline.export --serving $(SERVING) --out '$(GPU_OUT)'
+gpu-train: install  ## profiles/scut-gpu.yaml (one GPU, <= 10 min): its models as a release (BentoML archives, metrics) -> GPU_OUT
+	python -m pipeline.cli.profile --profile scut-gpu --data '$(or $(DATA),../shared/data/facescore)' $(foreach s,$(SET),--set '$(s)')
+	python -m pipeline.cli.release --out '$(GPU_OUT)'
 
 push: install  ## the DVC cache (data, models, BentoML archives) to the remote in .dvc/config (S3; keys from the env)
 	dvc push
 
 pull: install  ## a second machine: `dvc pull`, then the champions' archives into BENTOML_HOME; `dvc repro` reruns nothing
 	dvc pull
-	python -m pipeline.package --import models/bento
+	python -m pipeline.stages.package --import models/bento
 
 tracking-server: install  ## S3 API + PostgreSQL + mlflow server on loopback (deploy/stack.py); prints the env to export
 	python deploy/stack.py
 
-k8s-tools: $(K8S)  ## kubernetes-validate in .venv-k8s (tests/test_deploy.py validates deploy/k8s with it)
+k8s-tools: $(K8S)  ## kubernetes-validate in .venv-k8s (tests/deploy/test_deploy.py validates deploy/k8s with it)
 
 $(K8S):
 	$(PYTHON) -m venv $(K8S_VENV)
@@ -86,7 +89,7 @@ compose-test: install  ## 2 replicas of the image behind HAProxy (deploy/compose
 bench-ddp: install  ## training samples/s and wall time, 1 vs train.nproc=2 processes, same global batch (bench/ddp.py)
 	python bench/ddp.py
 
-st: $(ST)  ## schemathesis in .venv-st (tests/test_hardening.py uses it when present)
+st: $(ST)  ## schemathesis in .venv-st (tests/service/test_hardening.py uses it when present)
 
 test: install  ## the test suite (what CI runs)
 	pytest $(PYTEST_ARGS)
@@ -104,10 +107,17 @@ ui: install  ## MLflow UI on http://127.0.0.1:5000 against the project's backend
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec mlflow ui --backend-store-uri '$(TRACKING_URI)' \
 	  --host $(HOST) --port $(UI_PORT) --workers 1
 
-serve: install  ## serve the packaged champions on $(HOST):$(PORT) (run `make repro` first)
-	@test -f $(SERVING) || { echo "no $(SERVING): run 'make repro' first"; exit 1; }
+serve: install  ## serve on $(HOST):$(PORT): this clone's champions (after `make repro`), or RELEASE=real (release/real)
+	@test -f $(SERVING) || { echo "no $(SERVING): run 'make repro' first, or 'make serve RELEASE=real'"; exit 1; }
+ifneq ($(RELEASE),)
+	python -m pipeline.cli.release --out release/$(RELEASE) --verify
+	python -m pipeline.stages.package --import release/$(RELEASE)
+endif
 	FACES_GENDER_MODEL=$(call tag,gender) FACES_RATING_MODEL=$(call tag,rating) \
 	  exec bentoml serve service.service:Faces --host $(HOST) --port $(PORT)
+
+release: install  ## this run's served models, reports and card -> release/$(NAME) (pipeline/cli/release.py)
+	python -m pipeline.cli.release --out 'release/$(or $(NAME),$(error NAME=<folder> is required, e.g. NAME=real))'
 
 build: install  ## a Bento (offline: bentofile.yaml has lock_packages: false)
 	FACES_GENDER_MODEL=$(call tag,gender) FACES_RATING_MODEL=$(call tag,rating) bentoml build
@@ -143,11 +153,11 @@ $(ST):
 	@test -x $(ST_VENV)/bin/python || $(PYTHON) -m venv $(ST_VENV)
 	$(ST_VENV)/bin/pip install -q --disable-pip-version-check schemathesis==$(SCHEMATHESIS)
 
-lock:  ## re-resolve requirements.in into requirements.lock (in a throw-away venv)
+lock:  ## re-resolve requirements.in into requirements.lock + docker/requirements-serve.txt, with hashes (.ci/lock.py)
 	rm -rf /tmp/lock-venv && $(PYTHON) -m venv /tmp/lock-venv
 	/tmp/lock-venv/bin/pip install -q -r requirements.in
-	{ echo '# Generated by `make lock` from requirements.in (pip freeze of a fresh install). Installs use this file.'; \
-	  /tmp/lock-venv/bin/pip freeze | sed 's/^torch==\(.*\)+cpu/torch==\1/'; } > requirements.lock
+	/tmp/lock-venv/bin/pip freeze > /tmp/lock-pins.txt
+	/tmp/lock-venv/bin/python .ci/lock.py --pins /tmp/lock-pins.txt --python /tmp/lock-venv/bin/python
 
 clean:  ## remove generated state (keeps .venv)
 	rm -rf data reports/gx mlflow.db mlartifacts .dvc/cache .dvc/tmp

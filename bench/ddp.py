@@ -3,7 +3,7 @@ same recipe, same global batch, interleaved (1, N, 1, N, ...) so that drift of t
 
     python bench/ddp.py [--task rating] [--nproc 2] [--epochs 2] [--rounds 2]    (make bench-ddp)
 
-Runs `python -m pipeline.train` on the last `dvc repro`'s data/ingested + data/split with a params
+Runs `python -m pipeline.stages.train` on the last `dvc repro`'s data/ingested + data/split with a params
 file of its own (train.nproc, the epochs, an MLflow sqlite file in a temp folder: the project's runs
 and models are not touched). Prints per configuration: wall time of the command (start-up, torchrun's
 rendezvous, training, rank 0's logging), training time (the epochs' own seconds) and samples/s of
@@ -38,7 +38,7 @@ def one_run(task: str, nproc: int, epochs: int, work: Path) -> dict:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)                      # the bench's own sqlite file
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "pipeline.train", "--task", task, "--data", "data/ingested",
+    p = subprocess.run([sys.executable, "-m", "pipeline.stages.train", "--task", task, "--data", "data/ingested",
                         "--split", "data/split", "--out", str(out), "--params", str(params)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=1800)
     wall = time.perf_counter() - t0

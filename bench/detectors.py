@@ -35,9 +35,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import face as F  # noqa: E402
-from pipeline.config import load_params  # noqa: E402
-from pipeline.preprocess import ImageError, crop_square, decode_rgb, frame, open_image  # noqa: E402
+from pipeline.core import face as F  # noqa: E402
+from pipeline.core.config import load_params  # noqa: E402
+from pipeline.core.preprocess import ImageError, crop_square, decode_rgb, frame, open_image  # noqa: E402
 
 
 def _hog_frame(data: bytes, size: int, cfg) -> tuple[np.ndarray, tuple | None]:

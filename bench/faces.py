@@ -28,10 +28,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import load_params  # noqa: E402
-from pipeline.face import detect, eyes  # noqa: E402
-from pipeline.preprocess import ImageError, frame, open_image, open_rgb  # noqa: E402
-from pipeline.sources import locate  # noqa: E402
+from pipeline.core.config import load_params  # noqa: E402
+from pipeline.core.face import detect, eyes  # noqa: E402
+from pipeline.core.preprocess import ImageError, frame, open_image, open_rgb  # noqa: E402
+from pipeline.core.sources import locate  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "facescore"
 
@@ -119,8 +119,8 @@ def scores(folder: Path, table: pd.DataFrame, image_dir: Path, models: Path, tta
     scenes' centre crops (what the service did before the face step)."""
     from scipy.stats import pearsonr
 
-    from pipeline.model import TaskModel, load_bundle, predict
-    from pipeline.preprocess import crop_from_contract, load_uint8
+    from pipeline.core.model import TaskModel, load_bundle, predict
+    from pipeline.core.preprocess import crop_from_contract, load_uint8
 
     nets, contract = {}, None
     for task in ("gender", "rating"):
@@ -163,8 +163,8 @@ def picture(out: Path, cfg, size: int = 128) -> None:
     from PIL import Image, ImageDraw
     from wild import clutter
 
-    from pipeline.atomic import atomic_path
-    from pipeline.synth import render_face, sample_face
+    from pipeline.core.atomic import atomic_path
+    from pipeline.stages.synth import render_face, sample_face
 
     rng = np.random.default_rng(3)
     h = 2 * size

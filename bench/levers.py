@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.data import load_parts, on_served_scale
-from pipeline.execution import Execution, resolve, select_device
-from pipeline.metrics import compute_metrics
-from pipeline.model import TaskModel, for_inference, load_bundle, predict
+from pipeline.core.data import load_parts, on_served_scale
+from pipeline.core.execution import Execution, resolve, select_device
+from pipeline.core.metrics import compute_metrics
+from pipeline.core.model import TaskModel, for_inference, load_bundle, predict
 
 
 def shifted(images: np.ndarray, dx: int, dy: int) -> np.ndarray:
@@ -60,7 +60,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     maps = load_bundle(args.root / "models/rating/model.pt")[1].get("trained_on", {}).get("rating_scales", {})
-    # every source's ratings on the served scale, by the rating model's own map (pipeline/scales.py)
+    # every source's ratings on the served scale, by the rating model's own map (pipeline/core/scales.py)
     test = on_served_scale(load_parts(args.root / "data/ingested", args.root / "data/split", ("test",)), maps)["test"]
     nets = {}
     for task in ("gender", "rating"):

@@ -51,9 +51,9 @@ def raw_forwards(photo: Path):
     import bentoml
     import torch
 
-    from pipeline.execution import cpu_threads
-    from pipeline.model import TaskModel, load_bundle, predict, serving_model
-    from pipeline.preprocess import load_uint8, to_tensor
+    from pipeline.core.execution import cpu_threads
+    from pipeline.core.model import TaskModel, load_bundle, predict, serving_model
+    from pipeline.core.preprocess import load_uint8, to_tensor
     from service.service import LIMITS as limits  # checked (sha256) once, at import
     from service.service import WORKERS
 
@@ -87,7 +87,7 @@ def megapixel_scene() -> bytes:
     sys.path.insert(0, str(ROOT / "bench"))
     from wild import clutter
 
-    from pipeline.synth import render_face, sample_face
+    from pipeline.stages.synth import render_face, sample_face
 
     rng = np.random.default_rng(0)
     scene = clutter(rng, 1152, 864, blobs=0)
@@ -102,7 +102,7 @@ def face_step(size: int, face, n: int, threads: int) -> tuple[list[float], list[
     the service's thread count -> (centre ms, face ms)."""
     import cv2
 
-    from pipeline.preprocess import frame, open_image
+    from pipeline.core.preprocess import frame, open_image
 
     cv2.setNumThreads(threads)
     data = megapixel_scene()
@@ -253,7 +253,7 @@ def main() -> None:
     rps = {k: {c: statistics.median(r[k][c] for r in runs) for c in (1, 32)} for k in urls}
     report(args.photo, args.baseline, policy, lat, rps, args.rounds)
 
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
     from service.service import LIMITS as limits
 
     face = limits.face or load_params(ROOT / "params.yaml").ingest.face

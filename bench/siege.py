@@ -1,5 +1,5 @@
 """The attacker's phases of bench/hardening.py (the corpus: bench/attacks.py). Each returns a dict of
-figures; the targets are checked by tests/test_hardening.py (short form) and printed by
+figures; the targets are checked by tests/service/test_hardening.py (short form) and printed by
 `make hardening` (full form, figures in the README's Reliability section).
 
 - crafted:  every crafted case, a few at a time, while a prober times /livez on new connections and

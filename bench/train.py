@@ -6,7 +6,7 @@ policy of params.yaml (bf16 autocast + channels_last where the CPU has bf16), on
 For the default run's two networks and the real-photo profile's two (profiles/scut.yaml), at their own
 image size and batch size, it builds each network twice from the same seed and alternates one
 training step of the old path and one of the new, `--steps` times after a warm-up, so both see the
-same minutes of this machine. Each step is pipeline.fit.train_step, fed by pipeline.data's
+same minutes of this machine. Each step is pipeline.core.fit.train_step, fed by pipeline.core.data's
 `batches` + `augment` (the input pipeline, timed apart from the step). The old path is float32 NCHW
 with the per-image Python slice of the shift augmentation it used to have.
 
@@ -28,14 +28,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import data as data_module
-from pipeline.config import load_params
-from pipeline.data import Augment, Part, augment, batches
-from pipeline.execution import Execution, resolve
-from pipeline.fit import _loss_fns, init_model, train_step
-from pipeline.layers import layer_table
-from pipeline.model import ModelConfig
-from pipeline.profile import load_profile
+from pipeline.cli.profile import load_profile
+from pipeline.core import data as data_module
+from pipeline.core.config import load_params
+from pipeline.core.data import Augment, Part, augment, batches
+from pipeline.core.execution import Execution, resolve
+from pipeline.core.fit import _loss_fns, init_model, train_step
+from pipeline.core.layers import layer_table
+from pipeline.core.model import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def _sliced_shift(padded: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, s: i
 
 @contextlib.contextmanager
 def old_input():
-    """pipeline.data.augment with the old per-image shift, for the baseline's steps only."""
+    """pipeline.core.data.augment with the old per-image shift, for the baseline's steps only."""
     batched, data_module.shift_crop = data_module.shift_crop, _sliced_shift
     try:
         yield

@@ -27,9 +27,9 @@ from PIL import Image, ImageDraw, ImageFilter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.atomic import atomic_path, write_text  # noqa: E402
-from pipeline.data import read_names  # noqa: E402
-from pipeline.sources import locate, parse_name, read_labels  # noqa: E402
+from pipeline.core.atomic import atomic_path, write_text  # noqa: E402
+from pipeline.core.data import read_names  # noqa: E402
+from pipeline.core.sources import locate, parse_name, read_labels  # noqa: E402
 
 SCENES = [(1024, 768), (1152, 864), (1280, 960), (768, 1024), (864, 1152), (1000, 1000), (1280, 720)]
 # Where SCUT's face sits in its 350x350 photo: the median Haar box (README "Faces in photos").
@@ -157,7 +157,7 @@ def main() -> None:
     split = ROOT / "data" / "split" / "test.txt"
     names = args.names or split
     if names.resolve() == split:            # the pipeline's split names SCUT photos only after a real-photo run
-        from pipeline.config import load_params
+        from pipeline.core.config import load_params
 
         if load_params(ROOT / "params.yaml").ingest.dataset == "synthetic":
             sys.exit("wild: data/split/test.txt is the synthetic run's split; run `make repro PROFILE=scut "

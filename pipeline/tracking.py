@@ -1,4 +1,6 @@
-"""All MLflow calls of the project live here; stages call these helpers and never import mlflow.
+"""The MLflow adapter: all MLflow calls of the project live here; stages call these helpers and never
+import mlflow. What wins a promotion is decided in pipeline/core/promotion.py (a declared dependency of
+the stages that promote), not here.
 
 Each DVC stage opens one run with `stage_run(...)`: the backend and experiment come from
 params.yaml (`tracking`), the stage's own params are logged flattened, and the run is tagged with
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import math
 import os
 import subprocess
 import time
@@ -20,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import Params, as_flat_dict
+from pipeline.core.config import Params, as_flat_dict
+from pipeline.core.promotion import ALIAS, beats, fit_description
 
 # No analytics traffic from any tool of the stack (this also covers child processes).
 TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "BENTOML_DO_NOT_TRACK": "true",
@@ -188,7 +190,7 @@ def log_torch_model(model, example_images) -> str:
     import torch
     from mlflow.models import infer_signature
 
-    from pipeline.preprocess import to_tensor
+    from pipeline.core.preprocess import to_tensor
 
     x = to_tensor(example_images).numpy()                     # (2, 3, S, S) float32
     with torch.no_grad():
@@ -245,7 +247,7 @@ def register_and_promote(model_uri: str, name: str, metric: str, value: float,
                 champ_value = score_champion(Path(_download(champ, name, "bundle/model.pt", Path(tmp))[1]))
         promoted = promote and beats(value, champ_value)
         if promoted:
-            client.set_registered_model_alias(name, "champion", version)
+            client.set_registered_model_alias(name, ALIAS, version)
     if promoted:
         if run_id is not None:            # the champion is marked on its run too (the runs view shows tags)
             client.set_tag(run_id, "champion", f"{name} v{version}")
@@ -258,25 +260,12 @@ def register_and_promote(model_uri: str, name: str, metric: str, value: float,
             "promoted": bool(promoted), "registered": True}
 
 
-DESCRIPTION_LIMIT = 5000                 # registered_models.description is VARCHAR(5000): PostgreSQL enforces it
-
-
-def fit_description(text: str, limit: int = DESCRIPTION_LIMIT) -> str:
-    """`text` cut at its last paragraph that fits the tracking store's column, with a note saying so
-    (sqlite ignores the column's length; PostgreSQL and MySQL refuse a longer value)."""
-    if len(text) <= limit:
-        return text
-    note = "\n\n*(cut to fit the registry; the whole card is MODEL_CARD.md in the repository)*\n"
-    head = text[:limit - len(note)]
-    return head[:head.rfind("\n\n")] + note if "\n\n" in head else head + note
-
-
 def _alias_version(client, name: str):
     """The version `name@champion` points at, or None."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, "champion")
+        return client.get_model_version_by_alias(name, ALIAS)
     except MlflowException:
         return None
 
@@ -337,21 +326,13 @@ def _version_with_weights(client, name: str, sha256: str):
     return max(same, key=lambda v: int(v.version)) if same else None
 
 
-def beats(value: float, champion: float | None) -> bool:
-    """Whether a new model's metric beats the champion's (None: there is none). NaN (no correlation: a
-    constant prediction) loses to any number, so a NaN champion is replaced and a NaN model never wins."""
-    if math.isnan(value):
-        return champion is None
-    return champion is None or math.isnan(champion) or value > champion
-
-
 def champion(params: Params, name: str, artifacts: list[str], dest: Path) -> dict:
     """Downloads the first of `artifacts` that the run behind `name@champion` has into `dest`
     -> version info, with `artifact` saying which one it was."""
     setup(params)
     from mlflow import MlflowClient
 
-    mv = MlflowClient().get_model_version_by_alias(name, "champion")
+    mv = MlflowClient().get_model_version_by_alias(name, ALIAS)
     for i, artifact in enumerate(artifacts):
         try:
             run_id, path = _download(mv, name, artifact, dest)

@@ -4,7 +4,7 @@ client leaves.
 A decode cannot be interrupted from another thread (Pillow's and libjpeg's loops hold no cancellation
 points, and a PNG of empty chunks or a JPEG of fill bytes is walked in Pillow's Python header loop),
 but a process can be killed. So every upload's header parse, decode, face step and resize
-(`pipeline.preprocess.frame`, the one image path) runs in one of `n` long-lived children, each
+(`pipeline.core.preprocess.frame`, the one image path) runs in one of `n` long-lived children, each
 started as `python -m service.decoder` (a clean interpreter: no torch, no server threads). The
 parent's thread for that child waits for the answer and, every POLL_S, checks the child's CPU time:
 - over the photo's CPU budget: the child is killed, the photo refused ('too costly to decode', 400);
@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.preprocess import Framed, ImageError
+from pipeline.core.preprocess import Framed, ImageError
 
 POLL_S = 0.02
 GRACE_S = 0.25           # a decode goes on this long after its client left, then its child is killed,
@@ -192,8 +192,8 @@ def _rss_mb(pid: int) -> float:
 def _child() -> None:
     """The child's loop: setup once, then photo bytes in, ("ok", Framed | "error", (reason, detail),
     the photo's pixels, the child's CPU seconds so far) out."""
-    from pipeline.face import FaceConfig
-    from pipeline.preprocess import frame, open_image
+    from pipeline.core.face import FaceConfig
+    from pipeline.core.preprocess import frame, open_image
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr                      # nothing but answers may reach the pipe

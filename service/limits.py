@@ -1,6 +1,6 @@
 """What the service takes from the stored models: verified weights and the serving contract.
 
-`pipeline/package.py` records in each BentoML model's metadata the sha256 of its `model.pt`, the
+`pipeline/stages/package.py` records in each BentoML model's metadata the sha256 of its `model.pt`, the
 preprocessing contract (image size, flip averaging, crop and face detector) and the serving bounds from params.yaml
 (`package`). `check_models` verifies both models before the service starts and returns the bounds;
 `guard_routes` turns them into the per-route limits of service/guard.py.
@@ -12,10 +12,10 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.atomic import sha256_file
-from pipeline.execution import Execution
-from pipeline.face import FaceConfig
-from pipeline.preprocess import MEAN, STD, crop_from_contract
+from pipeline.core.atomic import sha256_file
+from pipeline.core.execution import Execution
+from pipeline.core.face import FaceConfig
+from pipeline.core.preprocess import MEAN, STD, crop_from_contract
 from service.requests import Route
 
 MODEL_BATCH = 64          # most photos in one model call (batcher, /infer adaptive batching)
@@ -78,7 +78,7 @@ def _verified(ref) -> dict:
         raise ModelError(f"faces: model {getattr(ref, 'tag', ref)} is not in the BentoML store: {e} "
                          "(run `make repro`, or set FACES_GENDER_MODEL / FACES_RATING_MODEL)") from None
     expected = meta.get("sha256")
-    fix = "re-run `python -m pipeline.package --out models/serving.json` (or `make repro`)"
+    fix = "re-run `python -m pipeline.stages.package --out models/serving.json` (or `make repro`)"
     if expected is None or "serving" not in meta:
         raise ModelError(f"faces: model {tag} ({path}) was packaged without a weights hash or serving "
                          f"bounds; {fix}")

@@ -3,7 +3,7 @@
     make serve      # = bentoml serve service.service:Faces --host 127.0.0.1 --port 3000
     curl -F image=@service/example.jpg 127.0.0.1:3000/predict
 
-Models come from the BentoML store (`pipeline/package.py` puts the MLflow champions there); the tags
+Models come from the BentoML store (`pipeline/stages/package.py` puts the MLflow champions there); the tags
 default to the latest `faces-gender` / `faces-rating` and can be pinned with FACES_GENDER_MODEL /
 FACES_RATING_MODEL. Their weights are checked against the sha256 recorded by `package` before
 anything starts, and their metadata carries the preprocessing contract and the serving bounds
@@ -37,9 +37,9 @@ from starlette.datastructures import UploadFile
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from pipeline.model import predict as model_predict
-from pipeline.model import serving_model
-from pipeline.preprocess import Framed, ImageError
+from pipeline.core.model import predict as model_predict
+from pipeline.core.model import serving_model
+from pipeline.core.preprocess import Framed, ImageError
 from service import frontdoor
 from service.batcher import Batcher
 from service.decoder import DecodePool, DecodeRefused, give_memory_back

@@ -20,7 +20,7 @@ REAL_DATA = ROOT.parent / "shared" / "data" / "facescore"
 @pytest.fixture(scope="session")
 def tiny_faces(tmp_path_factory) -> Path:
     """40 synthetic faces (64 px) in the course layout; read-only for the tests that use it."""
-    from pipeline.synth import generate
+    from pipeline.stages.synth import generate
 
     out = tmp_path_factory.mktemp("faces")
     generate(out, count=40, size=64, seed=1, noise=0.25)
@@ -72,7 +72,7 @@ def copy_repo(dest: Path, params: dict) -> Path:
 
     import yaml
 
-    from pipeline.config import merge
+    from pipeline.core.config import merge
 
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
@@ -106,9 +106,9 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def small_parts(tmp_path_factory):
     """300 synthetic faces at 32 px, split 60/20/20: enough for a model to learn in seconds."""
-    from pipeline.ingest import ingest
-    from pipeline.sources import read_labels
-    from pipeline.synth import generate
+    from pipeline.core.sources import read_labels
+    from pipeline.stages.ingest import ingest
+    from pipeline.stages.synth import generate
 
     out = tmp_path_factory.mktemp("small")
     generate(out, count=300, size=64, seed=2, noise=0.1)
@@ -118,8 +118,8 @@ def small_parts(tmp_path_factory):
 
 def split_parts(res, val: float, test: float) -> dict:
     """An ingest result -> {train, val, test} Parts, stratified (gender x group) with seed 0."""
-    from pipeline.data import Part
-    from pipeline.split import stratified
+    from pipeline.core.data import Part
+    from pipeline.stages.split import stratified
 
     row = {f: i for i, f in enumerate(res.meta["filename"])}
     parts = {}
@@ -133,7 +133,7 @@ def tiny_bundle(path: Path, task: str, size: int = 32, seed: int = 0) -> Path:
     """A random-weight model bundle in the train stage's format (for serving tests)."""
     import torch
 
-    from pipeline.model import ModelConfig, build_model
+    from pipeline.core.model import ModelConfig, build_model
 
     torch.manual_seed(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +163,7 @@ DEFAULT_EXECUTION = {"precision": "auto", "channels_last": True}   # params.yaml
 @pytest.fixture(scope="session")
 def served_models(tmp_path_factory) -> dict[str, str]:
     """Two tiny models in the test BentoML store; sets FACES_*_MODEL so service.service serves them."""
-    from pipeline.package import save_bundle
+    from pipeline.stages.package import save_bundle
 
     tmp = tmp_path_factory.mktemp("bundles")
     tags = {}

@@ -1,4 +1,4 @@
-"""Helper of tests/test_distributed.py (not a test): one `fit` on a fixed tiny set, run either as one
+"""Helper of tests/core/test_distributed.py (not a test): one `fit` on a fixed tiny set, run either as one
 process or under torchrun; rank 0 saves the final weights and history to argv[1].
 
     python tests/ddp_fit.py OUT ARCH...
@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import distributed
-from pipeline.config import load_params
-from pipeline.data import Part
-from pipeline.execution import Execution, resolve
-from pipeline.fit import fit, init_model
-from pipeline.model import ModelConfig
+from pipeline.core import distributed
+from pipeline.core.config import load_params
+from pipeline.core.data import Part
+from pipeline.core.execution import Execution, resolve
+from pipeline.core.fit import fit, init_model
+from pipeline.core.model import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

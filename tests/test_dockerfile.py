@@ -19,31 +19,27 @@ def test_image_contract_gpu_base_non_root_health_and_port():
     assert "BENTOML_PORT=3000" in text
 
 
-def _pipeline_modules_the_service_imports() -> set[str]:
-    """pipeline/*.py files reachable from service/*.py through imports (incl. those inside functions)."""
+def _pipeline_imports_of_the_service() -> set[str]:
+    """The pipeline modules service/*.py import (incl. those inside functions)."""
     import ast
 
-    todo, seen = list((ROOT / "service").glob("*.py")), set()
-    while todo:
-        tree = ast.parse(todo.pop().read_text())
-        for node in ast.walk(tree):
+    out = set()
+    for path in (ROOT / "service").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            for name in names:
-                if name.startswith("pipeline.") and name not in seen:
-                    seen.add(name)
-                    todo.append(ROOT / (name.replace(".", "/") + ".py"))
-    return {f"pipeline/{n.split('.')[1]}.py" for n in seen}
+            out |= {n for n in names if n.split(".")[0] == "pipeline"}
+    return out
 
 
-def test_the_image_and_the_bento_carry_every_pipeline_module_the_service_imports():
-    needed = _pipeline_modules_the_service_imports()
-    assert {"pipeline/preprocess.py", "pipeline/model.py", "pipeline/atomic.py"} <= needed
-    copied = next(line for line in (ROOT / "Dockerfile").read_text().splitlines()
-                  if line.startswith("COPY") and "pipeline/" in line)
+def test_the_service_imports_only_the_core_and_the_image_and_bento_carry_it_whole():
+    imported = _pipeline_imports_of_the_service()
+    assert {"pipeline.core.preprocess", "pipeline.core.model"} <= imported
+    assert all(n.startswith("pipeline.core.") for n in imported), sorted(imported)
+    copies = [line.split() for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY")]
+    assert any("pipeline/core/" in c and c[-1] == "pipeline/core/" for c in copies), "Dockerfile does not copy pipeline/core/"
+    assert any("pipeline/__init__.py" in c for c in copies)
     allowed = (ROOT / ".dockerignore").read_text().splitlines()
+    assert {"!pipeline/__init__.py", "!pipeline/core/"} <= set(allowed)
     bento = (ROOT / "bentofile.yaml").read_text()
-    for path in sorted(needed):
-        assert path in copied.split(), f"Dockerfile does not copy {path}"
-        assert f"!{path}" in allowed, f".dockerignore keeps {path} out of the build context"
-        assert f'"{path}"' in bento, f"bentofile.yaml does not include {path}"
+    assert '"pipeline/__init__.py"' in bento and '"pipeline/core/*.py"' in bento

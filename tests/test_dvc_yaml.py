@@ -4,7 +4,7 @@ A stage that reads something its entry does not list is not rerun when that thin
 the Pearson code once changed which epoch train kept, and DVC did not rerun train). Static checks of
 the stage modules' source: imports (transitively, through the core modules) and `params.<section>.<key>`
 accesses. Not listed on purpose: `tracking` (where runs are logged, not what is computed),
-`pipeline/config.py` (the loader) and `pipeline/atomic.py` (how files are written).
+`pipeline/core/config.py` (the loader) and `pipeline/core/atomic.py` (how files are written).
 """
 import ast
 import dataclasses
@@ -13,17 +13,17 @@ import re
 import pytest
 import yaml
 
-from pipeline.config import Params
+from pipeline.core.config import Params
 
 from conftest import ROOT
 
-NOT_DEPS = {"pipeline.tracking", "pipeline.config", "pipeline.atomic"}
+NOT_DEPS = {"pipeline.tracking", "pipeline.core.config", "pipeline.core.atomic"}
 SECTIONS = {f.name for f in dataclasses.fields(Params)} - {"tracking"}
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
 def _module(cmd: str) -> str:
-    return re.search(r"python -m (pipeline\.\w+)", cmd).group(1)
+    return re.search(r"python -m (pipeline\.[\w.]+)", cmd).group(1)
 
 
 def stage_modules() -> dict[str, str]:
@@ -37,8 +37,8 @@ def imports(module: str) -> set[str]:
     out = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
-            if node.module == "pipeline":
-                out |= {f"pipeline.{a.name}" for a in node.names}
+            if (ROOT / node.module.replace(".", "/")).is_dir():      # `from pipeline.core import data`
+                out |= {f"{node.module}.{a.name}" for a in node.names}
             else:
                 out.add(node.module)
         elif isinstance(node, ast.Import):
@@ -79,10 +79,16 @@ def test_no_stage_imports_another_stage(stage):
     assert not (closure(module) - {module}) & stages, f"{module} imports another stage"
 
 
+PROMOTES = re.compile(r"tracking\.(register_and_promote|champion)\(")     # applies pipeline/core/promotion.py
+
+
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_every_module_a_stage_runs_is_a_dependency(stage):
     deps, _ = declared(stage)
-    files = {m.replace(".", "/") + ".py" for m in closure(stage_modules()[stage])}
+    module = stage_modules()[stage]
+    files = {m.replace(".", "/") + ".py" for m in closure(module)}
+    if PROMOTES.search((ROOT / (module.replace(".", "/") + ".py")).read_text()):
+        files.add("pipeline/core/promotion.py")           # the registry's policy decides what this stage writes
     assert files - deps == set(), f"{stage}: reads {sorted(files - deps)} without listing them in dvc.yaml"
 
 

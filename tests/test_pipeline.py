@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.data import read_names
+from pipeline.core.data import read_names
 
 from conftest import TINY, TINY_TASK, copy_repo, run
 
@@ -70,7 +70,7 @@ def test_too_much_quarantine_fails_the_stage_with_a_clear_message(tmp_path):
 
     from conftest import venv_env
 
-    p = subprocess.run(["python", "-m", "pipeline.ingest", "--source", "synthetic", "--out", "data/sources/synthetic",
+    p = subprocess.run(["python", "-m", "pipeline.stages.ingest", "--source", "synthetic", "--out", "data/sources/synthetic",
                         "--report", "r.json"], cwd=repo, env=venv_env(), capture_output=True, text=True)
     assert p.returncode != 0
     assert "ingest synthetic: FAILED - 10.4% of the rows were quarantined" in p.stderr
@@ -144,7 +144,7 @@ def test_full_pipeline_and_an_experiment_show_up_as_comparable_mlflow_runs(tmp_p
     _service_agrees_with_evaluate(repo)
     # a profile runs as a DVC experiment (what `make repro PROFILE=...` runs) and leaves its values in params.yaml
     (repo / "profiles" / "longer.yaml").write_text("train:\n  gender:\n    epochs: 3\n")
-    out = run([sys.executable, "-m", "pipeline.profile", "--profile", "profiles/longer.yaml"], repo)
+    out = run([sys.executable, "-m", "pipeline.cli.profile", "--profile", "profiles/longer.yaml"], repo)
     assert "dvc exp run -n longer-" in out and " -S train.gender.epochs=3" in out
     assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["gender"]["epochs"] == 3
     runs = _search_runs(mlflow_server(f"sqlite:///{repo}/mlflow.db"), "faces")
@@ -209,9 +209,9 @@ def test_refit_on_every_photo_is_what_package_serves_while_evaluate_scores_the_s
 FINAL_SCORES = """
 import json
 from pathlib import Path
-from pipeline.config import load_params
-from pipeline.data import load_parts, read_names
-from pipeline.model import predict, serving_model
+from pipeline.core.config import load_params
+from pipeline.core.data import load_parts, read_names
+from pipeline.core.model import predict, serving_model
 p = load_params()
 test = load_parts(Path("data/ingested"), Path("data/split"), ("test",))["test"]
 out = {}
@@ -229,7 +229,7 @@ images = Path(sys.argv[1])
 serving = json.loads(Path("models/serving.json").read_text())
 os.environ["FACES_GENDER_MODEL"], os.environ["FACES_RATING_MODEL"] = serving["gender"]["tag"], serving["rating"]["tag"]
 from starlette.testclient import TestClient
-from pipeline.data import read_names
+from pipeline.core.data import read_names
 from service.service import asgi
 out = {}
 with TestClient(asgi()) as c:
@@ -283,18 +283,18 @@ def _scut_subset(real_data: Path, photos: Path, per_prefix: int = 24) -> Path:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_gpu_profile_runs_on_cpu_at_a_tiny_budget_and_exports_servable_models(real_data, tmp_path):
-    """`make gpu-train`'s two commands (the GPU profile as a DVC experiment, then pipeline.export) on
+    """`make gpu-train`'s two commands (the GPU profile as a DVC experiment, then pipeline.cli.export) on
     96 SCUT photos with a tiny budget: one folder with both bundles, their metrics and BentoML exports
     that import into another store and pass the service's start-up check."""
     photos = _scut_subset(real_data, tmp_path / "scut")
     repo = copy_repo(tmp_path / "repo", {"synth": TINY["synth"]})
     tiny = [f"train.{t}.{k}={v}" for t in ("gender", "rating") for k, v in
             (("widths", "[8,16]"), ("epochs", 1), ("patience", 1), ("batch_size", 16))] + ["ingest.image_size=32"]
-    cmd = ["python", "-m", "pipeline.profile", "--profile", "scut-gpu", "--data", str(photos)]
+    cmd = ["python", "-m", "pipeline.cli.profile", "--profile", "scut-gpu", "--data", str(photos)]
     log = run(cmd + [a for s in tiny for a in ("--set", s)], repo, timeout=900)
     assert "face crop" in log and "package rating" in log
     out = tmp_path / "out"
-    run(["python", "-m", "pipeline.export", "--serving", "models/serving.json", "--out", str(out)], repo)
+    run(["python", "-m", "pipeline.cli.export", "--serving", "models/serving.json", "--out", str(out)], repo)
     assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == {
         "serving.json", "faces-gender.bentomodel", "faces-rating.bentomodel",
         *[f"{t}/{f}" for t in ("gender", "rating") for f in ("model.pt", "history.json", "final.pt", "final.json",

@@ -1,8 +1,8 @@
 """On the real SCUT-FBP5500 photos in ../shared (skipped where they are absent)."""
 import pytest
 
-from pipeline.ingest import ingest
-from pipeline.sources import locate, read_labels
+from pipeline.core.sources import locate, read_labels
+from pipeline.stages.ingest import ingest
 
 
 @pytest.mark.realdata
@@ -36,11 +36,11 @@ def test_the_scut_profile_at_a_small_budget_learns_far_above_chance(real_data, t
 
     import torch
 
-    from pipeline.execution import Execution, resolve
-    from pipeline.fit import fit, init_model
-    from pipeline.metrics import compute_metrics
-    from pipeline.model import ModelConfig, inference_model, predict
-    from pipeline.profile import load_profile
+    from pipeline.cli.profile import load_profile
+    from pipeline.core.execution import Execution, resolve
+    from pipeline.core.fit import fit, init_model
+    from pipeline.core.metrics import compute_metrics
+    from pipeline.core.model import ModelConfig, inference_model, predict
 
     from conftest import ROOT, split_parts
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.data import read_names
+from pipeline.core.data import read_names
 
 from conftest import ROOT, tiny_bundle
 
@@ -19,8 +19,8 @@ from conftest import ROOT, tiny_bundle
 @pytest.fixture
 def workdir(tmp_path, monkeypatch, tiny_faces):
     """A run folder: params.yaml (own MLflow db), 40 ingested faces, a split, nothing registered."""
-    from pipeline.ingest import ingest
-    from pipeline.sources import read_labels
+    from pipeline.core.sources import read_labels
+    from pipeline.stages.ingest import ingest
 
     monkeypatch.chdir(tmp_path)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -41,8 +41,8 @@ def workdir(tmp_path, monkeypatch, tiny_faces):
 def _trained(workdir, name: str, seed: int):
     """A model folder as the train stage leaves it: bundle, history, and its MLflow run."""
     from pipeline import tracking
-    from pipeline.config import load_params
-    from pipeline.model import TaskModel, load_bundle
+    from pipeline.core.config import load_params
+    from pipeline.core.model import TaskModel, load_bundle
 
     folder = workdir / "models" / name
     bundle = tiny_bundle(folder / "model.pt", "rating", seed=seed)
@@ -63,9 +63,9 @@ def scored(monkeypatch, workdir):
     import pandas as pd
     import torch
 
-    import pipeline.model as model_module
-    from pipeline.atomic import sha256_file
-    from pipeline.execution import Execution, resolve
+    import pipeline.core.model as model_module
+    from pipeline.core.atomic import sha256_file
+    from pipeline.core.execution import Execution, resolve
 
     quality: dict[str, float | None] = {}
     meta = pd.read_parquet(workdir / "data/ingested/meta.parquet").set_index("filename")
@@ -76,7 +76,7 @@ def scored(monkeypatch, workdir):
         sd = quality[sha]
         return np.full(len(truth), 3.0) if sd is None else truth + np.random.default_rng(1).normal(0, sd, len(truth))
 
-    import pipeline.evaluate as evaluate_module
+    import pipeline.stages.evaluate as evaluate_module
 
     for module in (model_module, evaluate_module):            # evaluate binds both names at import
         monkeypatch.setattr(module, "serving_model", lambda path, task, *a, **k: (sha256_file(path), policy))
@@ -88,7 +88,7 @@ def scored(monkeypatch, workdir):
 
 
 def _evaluate(monkeypatch, folder, promote=True) -> dict:
-    from pipeline import evaluate
+    from pipeline.stages import evaluate
 
     params = Path("params.yaml")
     raw = yaml.safe_load(params.read_text())
@@ -146,7 +146,7 @@ def test_a_champion_that_rescores_to_nan_is_replaced_and_a_nan_model_never_wins(
 
 
 def test_beats():
-    from pipeline.tracking import beats
+    from pipeline.core.promotion import beats
 
     nan = float("nan")
     assert beats(0.5, None) and beats(nan, None) and beats(0.1, nan)

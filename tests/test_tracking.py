@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline import tracking
-from pipeline.config import load_params
+from pipeline.core.config import load_params
 
 from conftest import ROOT
 
@@ -59,7 +59,7 @@ def test_champion_moves_only_when_beaten_on_the_same_test_split(params, tmp_path
     import mlflow
     from mlflow import MlflowClient
 
-    from pipeline.model import TaskModel, load_bundle
+    from pipeline.core.model import TaskModel, load_bundle
 
     from conftest import tiny_bundle
 
@@ -94,7 +94,7 @@ def test_champion_downloads_the_refit_when_its_run_has_one_else_the_split_bundle
     import mlflow
     from mlflow import MlflowClient
 
-    from pipeline.model import TaskModel, load_bundle
+    from pipeline.core.model import TaskModel, load_bundle
 
     from conftest import tiny_bundle
 
@@ -119,7 +119,7 @@ def test_champion_downloads_the_refit_when_its_run_has_one_else_the_split_bundle
 
 
 def test_a_long_model_card_is_cut_at_a_paragraph_to_fit_the_registry_column():
-    from pipeline.tracking import fit_description
+    from pipeline.core.promotion import fit_description
 
     card = (ROOT / "MODEL_CARD.md").read_text()
     assert len(card) > 5000                       # PostgreSQL refused it whole (VARCHAR(5000))
@@ -135,7 +135,7 @@ def test_setup_leaves_the_users_tracking_uri_alone(tmp_path, monkeypatch):
     import os
 
     from pipeline import tracking
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = load_params(ROOT / "params.yaml")

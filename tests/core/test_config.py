@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli.profile import flat_overrides
+from pipeline.core.config import ParamsError, as_flat_dict, load_params, merge
+
+from conftest import ROOT
+
+
+def _write(tmp_path: Path, mutate) -> Path:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    mutate(raw)
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def test_repo_params_load_into_frozen_dataclasses():
+    p = load_params(ROOT / "params.yaml")
+    assert p.ingest.image_size > 0 and p.split.method in ("stratified", "official")
+    assert isinstance(p.validate.female_fraction, tuple)
+    with pytest.raises(AttributeError):
+        p.ingest.image_size = 1  # frozen
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r["ingest"].update(imagesize=64), "unknown keys ['imagesize']"),
+    (lambda r: r["split"].pop("seed"), "missing keys ['seed']"),
+    (lambda r: r.update(extra_section={}), "unknown keys ['extra_section']"),
+    (lambda r: r["ingest"].update(image_size="big"), "params.ingest.image_size: expected int"),
+    (lambda r: r["ingest"].update(image_size=True), "expected int"),
+    (lambda r: r["ingest"]["sources"][0].update(reader="webcam"), "params.ingest.sources[0].reader: 'webcam' is not one of"),
+    (lambda r: r["ingest"]["sources"][0].update(scale=[5, 1]), "scale: expected [low, high]"),
+    (lambda r: r["ingest"].update(sources=[]), "at least one source"),
+    (lambda r: r["ingest"].update(sources=r["ingest"]["sources"] * 2), "unique names"),
+    (lambda r: r["ingest"]["sources"][0].update(name="../x"), "letters, digits"),
+    (lambda r: r["validate"].update(female_fraction=[0.5]), "expected a list of 2"),
+])
+def test_bad_params_are_rejected_with_the_key_named(tmp_path, mutate, message):
+    with pytest.raises(ParamsError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_params(_write(tmp_path, mutate))
+
+
+def test_int_is_accepted_for_float_and_flattening_names_every_leaf(tmp_path):
+    p = load_params(_write(tmp_path, lambda r: r["split"].update(val=0)))
+    assert p.split.val == 0.0 and isinstance(p.split.val, float)
+    flat = as_flat_dict(p)
+    assert flat["ingest.image_size"] == p.ingest.image_size and "tracking.uri" in flat
+
+
+def test_merge_replaces_leaves_and_keeps_the_rest():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 3}
+    assert merge(base, {"a": {"c": [5]}}) == {"a": {"b": 1, "c": [5]}, "d": 3}
+    assert flat_overrides({"a": {"c": [5], "s": "x y"}, "n": None}) == ['a.c=[5]', 'a.s="x y"', "n=null"]

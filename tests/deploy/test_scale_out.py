@@ -1,0 +1,164 @@
+"""More than one machine, on loopback: the stages logging to a live `mlflow server` (PostgreSQL +
+S3 artifacts, deploy/stack.py), the DVC remote over the S3 API, a second clone that pulls and
+reruns nothing, and concurrent promotions (pipeline/tracking.py's promotion lock)."""
+import contextlib
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, TINY, copy_repo, free_port, run
+
+MODEL = "race-rating"        # not a name the pipeline registers: the server is shared with the pipeline test
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from deploy.stack import Stack, pg_bin
+
+    try:
+        pg_bin("initdb")
+    except FileNotFoundError:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    s = Stack(tmp_path_factory.mktemp("stack"), free_port(), free_port(), free_port()).start()
+    yield s
+    s.stop()
+
+
+def _params(tmp_path: Path):
+    import dataclasses
+
+    from pipeline.core.config import load_params
+
+    p = load_params(ROOT / "params.yaml")
+    return dataclasses.replace(p, tracking=dataclasses.replace(p.tracking, uri=f"sqlite:///{tmp_path}/m.db"))
+
+
+def _promote_at_once(params, tmp_path: Path, delays: dict[float, float]) -> dict[float, dict]:
+    """A champion of metric 0.5, then one thread per metric in `delays` registering and promoting at
+    the same moment; each re-scores the champion it finds in `delays[metric]` seconds (a bundle's
+    "score" is the number written in it) -> metric: its decision."""
+    from pipeline import tracking
+
+    def attempt(metric: float, delay: float, barrier=None) -> dict:
+        bundle = tmp_path / f"{metric}" / "model.pt"
+        bundle.parent.mkdir(parents=True, exist_ok=True)
+        bundle.write_text(str(metric))
+        with tracking.stage_run(params, "train-rating"):
+            tracking.log_artifacts([bundle], "bundle")
+            import mlflow
+
+            uri = mlflow.create_external_model(name="bundle").model_uri   # a LoggedModel, no weights logged
+        if barrier is not None:
+            barrier.wait(timeout=60)
+
+        def rescore(path: Path) -> float:
+            time.sleep(delay)
+            return float(Path(path).read_text())
+
+        return tracking.register_and_promote(uri, MODEL, "pearson", metric, rescore)
+
+    assert attempt(0.5, 0)["promoted"]
+    barrier, out = threading.Barrier(len(delays)), {}
+    threads = [threading.Thread(target=lambda m=m, d=d: out.__setitem__(m, attempt(m, d, barrier)))
+               for m, d in delays.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return out
+
+
+def _champion_metric() -> float:
+    from mlflow import MlflowClient
+
+    return float(MlflowClient().get_model_version_by_alias(MODEL, "champion").tags["test_pearson"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "server"])
+def test_two_promotions_at_once_cannot_both_win(backend, request, tmp_path, monkeypatch):
+    """0.9 re-scores the champion fast, 0.7 slowly: without a lock 0.7 moves the alias last, having
+    compared itself with the old champion (0.5) - the next test shows that. With the lock the second
+    compares with the first's result, and 0.9 is the champion whichever runs first."""
+    if backend == "server":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", request.getfixturevalue("stack").tracking_uri)
+    else:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = _promote_at_once(_params(tmp_path), tmp_path, {0.9: 0.2, 0.7: 1.5})
+    assert set(out) == {0.9, 0.7} and out[0.9]["promoted"]
+    assert _champion_metric() == 0.9
+    from mlflow import MlflowClient
+
+    names = [m.name for m in MlflowClient().search_registered_models()]
+    assert MODEL in names and not [n for n in names if n.endswith(".promotion-lock")]   # released
+
+
+@pytest.mark.slow
+def test_without_the_lock_the_worse_model_wins_the_race(tmp_path, monkeypatch):
+    from pipeline import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "promotion_lock", lambda *a, **k: contextlib.nullcontext())
+    out = _promote_at_once(_params(tmp_path), tmp_path, {0.9: 0.2, 0.7: 1.5})
+    assert out[0.9]["promoted"] and out[0.7]["promoted"]          # both "won"
+    assert _champion_metric() == 0.7                                 # and the worse one holds the alias
+
+
+def test_a_stale_lock_is_broken_and_a_held_one_times_out(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from pipeline import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.setup(_params(tmp_path))
+    client = MlflowClient()
+    with tracking.promotion_lock(client, "m", holder="a"), pytest.raises(TimeoutError), \
+            tracking.promotion_lock(client, "m", holder="b", wait_s=0.5):
+        pass
+    client.create_registered_model("m.promotion-lock", tags={"holder": "killed", "since": str(time.time() - 3600)})
+    with pytest.warns(UserWarning, match="breaking m.promotion-lock"), \
+            tracking.promotion_lock(client, "m", holder="c", stale_s=60):
+        assert client.get_registered_model("m.promotion-lock").tags["holder"] == "c"
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_second_machine_pulls_the_champion_from_the_s3_remote_and_reruns_nothing(stack, tmp_path):
+    """Machine 1: `dvc repro` logging to the tracking server (PostgreSQL, artifacts in S3), then
+    `dvc push` to the S3 remote of .dvc/config. Machine 2: a git clone, `dvc pull`, and `dvc repro`
+    is up to date; the pulled BentoML archives import into its own store."""
+    import boto3
+    from mlflow import MlflowClient
+
+    one = copy_repo(tmp_path / "one", TINY)
+    env = stack.env()
+    run(["dvc", "repro"], one, timeout=900, env=env)
+    assert not (one / "mlflow.db").exists() and not (one / "mlartifacts").exists()   # all went to the server
+    client = MlflowClient(stack.tracking_uri)
+    champ = client.get_model_version_by_alias("faces-synthetic-gender", "champion")
+    run_id = champ.tags["run_id"]
+    assert client.get_run(run_id).data.tags["stage"] == "train-gender"
+    s3 = boto3.client("s3", endpoint_url=stack.s3_url, region_name=env["AWS_DEFAULT_REGION"],
+                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="faces-mlflow", MaxKeys=1000).get("Contents", [])]
+    assert any(k.endswith(f"{run_id}/artifacts/bundle/model.pt") for k in keys)
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "run"]):
+        subprocess.run(cmd, cwd=one, check=True)
+    assert "files pushed" in run(["dvc", "push"], one, env=env)
+    assert s3.list_objects_v2(Bucket="faces-dvc", Prefix="cache/")["KeyCount"] > 10
+
+    two = tmp_path / "two"
+    subprocess.run(["git", "clone", "-q", str(one), str(two)], check=True)
+    assert not (two / "models").exists()
+    run(["dvc", "pull"], two, env=env)
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], two, env=env)
+    out = run(["dvc", "repro"], two, env=env)
+    assert "Data and pipelines are up to date" in out and "Running stage" not in out
+    serving = json.loads((two / "models/serving.json").read_text())
+    home = {**env, "BENTOML_HOME": str(tmp_path / "bentoml-two")}
+    out = run(["python", "-m", "pipeline.stages.package", "--import", "models/bento"], two, env=home)
+    assert all(entry["tag"] in out for entry in serving.values())
