@@ -42,7 +42,7 @@ tag = $(shell $(BIN)/python -c 'import json; print(json.load(open("$(SERVING)"))
 
 .PHONY: help install repro test lint compare ui serve release build docker-context container-test compose-test push pull tracking-server k8s-tools bench bench-train bench-ddp estimate gpu-train hardening faces pictures st lock clean
 help:  ## this list
-	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 24
+	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):.*## /  make \1\t/' | expand -t 24
 
 install: $(STAMP)  ## .venv with requirements.lock (every other target runs it first)
 

@@ -252,6 +252,17 @@ def submit(page, photo, wait_for: str) -> None:
 
 
 @pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """FACES_NO_SKIP=1: a module that skips while being collected (a module-level skip or
+    importorskip) fails too, instead of dropping all its tests from CI unseen."""
+    outcome = yield
+    rep = outcome.get_result()
+    if os.environ.get("FACES_NO_SKIP") and rep.skipped:
+        rep.outcome = "failed"
+        rep.longrepr = f"FACES_NO_SKIP: {collector.nodeid} skipped at collection ({rep.longrepr}); CI is meant to run it"
+
+
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """FACES_NO_SKIP=1 (.ci/run sets it): a skipped test fails, so a missing tool (Chromium,
     schemathesis) cannot make CI green by skipping what it was meant to run. Only the `realdata`

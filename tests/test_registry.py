@@ -143,11 +143,3 @@ def test_a_champion_that_rescores_to_nan_is_replaced_and_a_nan_model_never_wins(
     assert second["promoted"] and second["champion_version"] == 2
     third = _evaluate(monkeypatch, constant2)
     assert not third["promoted"] and third["champion_version"] == 2
-
-
-def test_beats():
-    from pipeline.core.promotion import beats
-
-    nan = float("nan")
-    assert beats(0.5, None) and beats(nan, None) and beats(0.1, nan)
-    assert not beats(nan, 0.1) and not beats(nan, nan) and not beats(0.4, 0.5) and not beats(0.5, 0.5)

@@ -118,17 +118,6 @@ def test_champion_downloads_the_refit_when_its_run_has_one_else_the_split_bundle
         tracking.champion(params, "t-rating", ["final/final.pt", "nothing/model.pt"], tmp_path / "e")
 
 
-def test_a_long_model_card_is_cut_at_a_paragraph_to_fit_the_registry_column():
-    from pipeline.core.promotion import fit_description
-
-    card = (ROOT / "MODEL_CARD.md").read_text()
-    assert len(card) > 5000                       # PostgreSQL refused it whole (VARCHAR(5000))
-    cut = fit_description(card)
-    assert len(cut) <= 5000 and cut.endswith("MODEL_CARD.md in the repository)*\n")
-    assert card.startswith(cut[:cut.rfind("\n\n*(cut")])
-    assert fit_description("short") == "short"
-
-
 def test_setup_leaves_the_users_tracking_uri_alone(tmp_path, monkeypatch):
     """mlflow.set_tracking_uri exports the URI to os.environ; setup() undoes that, so the next setup()
     (or a `dvc repro` started from this process) reads its own params.yaml, not this one's."""

@@ -82,4 +82,4 @@ def test_dvc_repro_runs_the_train_stage_under_torchrun_and_only_rank_0_logs(tmp_
     assert json.loads((repo / "models/gender/run.json").read_text())["run_id"] == runs["run_id"][0]
     assert "Data and pipelines are up to date" in run(["dvc", "repro", "train@gender"], repo)
     p = subprocess.run(["dvc", "status", "train@gender"], cwd=repo, env=venv_env(), capture_output=True, text=True)
-    assert "changed" not in p.stdout
+    assert p.returncode == 0 and "up to date" in p.stdout and "changed" not in p.stdout, p.stdout + p.stderr

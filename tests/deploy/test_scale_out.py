@@ -37,13 +37,17 @@ def _params(tmp_path: Path):
     return dataclasses.replace(p, tracking=dataclasses.replace(p.tracking, uri=f"sqlite:///{tmp_path}/m.db"))
 
 
-def _promote_at_once(params, tmp_path: Path, delays: dict[float, float]) -> dict[float, dict]:
-    """A champion of metric 0.5, then one thread per metric in `delays` registering and promoting at
-    the same moment; each re-scores the champion it finds in `delays[metric]` seconds (a bundle's
-    "score" is the number written in it) -> metric: its decision."""
+def _promote_at_once(params, tmp_path: Path) -> dict[float, dict]:
+    """A champion of metric 0.5, then 0.9 and 0.7 registering and promoting at once, ordered by events,
+    not by sleeps: 0.7 reads the champion first and holds its decision until 0.9 has finished (or 5 s
+    have passed); 0.9 re-scores only after 0.7 has read. Without a lock 0.9 promotes inside 0.7's window
+    and 0.7, still comparing with 0.5, moves the alias last; with it, one waits for the other and
+    compares with its result -> metric: its decision. (A bundle's "score" is the number written in it.)"""
     from pipeline import tracking
 
-    def attempt(metric: float, delay: float, barrier=None) -> dict:
+    read_old, first_done = threading.Event(), threading.Event()
+
+    def attempt(metric: float, barrier=None) -> dict:
         bundle = tmp_path / f"{metric}" / "model.pt"
         bundle.parent.mkdir(parents=True, exist_ok=True)
         bundle.write_text(str(metric))
@@ -56,15 +60,23 @@ def _promote_at_once(params, tmp_path: Path, delays: dict[float, float]) -> dict
             barrier.wait(timeout=60)
 
         def rescore(path: Path) -> float:
-            time.sleep(delay)
-            return float(Path(path).read_text())
+            value = float(Path(path).read_text())
+            if metric == 0.7:
+                read_old.set()
+                first_done.wait(timeout=5)
+            elif metric == 0.9:
+                read_old.wait(timeout=5)
+            return value
 
-        return tracking.register_and_promote(uri, MODEL, "pearson", metric, rescore)
+        try:
+            return tracking.register_and_promote(uri, MODEL, "pearson", metric, rescore)
+        finally:
+            if metric == 0.9:
+                first_done.set()
 
-    assert attempt(0.5, 0)["promoted"]
-    barrier, out = threading.Barrier(len(delays)), {}
-    threads = [threading.Thread(target=lambda m=m, d=d: out.__setitem__(m, attempt(m, d, barrier)))
-               for m, d in delays.items()]
+    assert attempt(0.5)["promoted"]
+    barrier, out = threading.Barrier(2), {}
+    threads = [threading.Thread(target=lambda m=m: out.__setitem__(m, attempt(m, barrier))) for m in (0.9, 0.7)]
     for t in threads:
         t.start()
     for t in threads:
@@ -81,14 +93,14 @@ def _champion_metric() -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "server"])
 def test_two_promotions_at_once_cannot_both_win(backend, request, tmp_path, monkeypatch):
-    """0.9 re-scores the champion fast, 0.7 slowly: without a lock 0.7 moves the alias last, having
-    compared itself with the old champion (0.5) - the next test shows that. With the lock the second
-    compares with the first's result, and 0.9 is the champion whichever runs first."""
+    """Without a lock 0.7 moves the alias last, having compared itself with the old champion (0.5) - the
+    next test shows that. With the lock the second compares with the first's result, and 0.9 is the
+    champion whichever runs first."""
     if backend == "server":
         monkeypatch.setenv("MLFLOW_TRACKING_URI", request.getfixturevalue("stack").tracking_uri)
     else:
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    out = _promote_at_once(_params(tmp_path), tmp_path, {0.9: 0.2, 0.7: 1.5})
+    out = _promote_at_once(_params(tmp_path), tmp_path)
     assert set(out) == {0.9, 0.7} and out[0.9]["promoted"]
     assert _champion_metric() == 0.9
     from mlflow import MlflowClient
@@ -103,7 +115,7 @@ def test_without_the_lock_the_worse_model_wins_the_race(tmp_path, monkeypatch):
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(tracking, "promotion_lock", lambda *a, **k: contextlib.nullcontext())
-    out = _promote_at_once(_params(tmp_path), tmp_path, {0.9: 0.2, 0.7: 1.5})
+    out = _promote_at_once(_params(tmp_path), tmp_path)
     assert out[0.9]["promoted"] and out[0.7]["promoted"]          # both "won"
     assert _champion_metric() == 0.7                                 # and the worse one holds the alias
 
