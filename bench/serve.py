@@ -54,7 +54,7 @@ def raw_forwards(photo: Path):
     from pipeline.core.execution import cpu_threads
     from pipeline.core.model import TaskModel, load_bundle, predict, serving_model
     from pipeline.core.preprocess import load_uint8, to_tensor
-    from service.service import LIMITS as limits  # checked (sha256) once, at import
+    from service.service import CONTRACT as limits  # checked (sha256) once, at import
     from service.service import WORKERS
 
     refs = {t: bentoml.models.get(os.environ[f"FACES_{t.upper()}_MODEL"]) for t in ("gender", "rating")}
@@ -254,7 +254,7 @@ def main() -> None:
     report(args.photo, args.baseline, policy, lat, rps, args.rounds)
 
     from pipeline.core.config import load_params
-    from service.service import LIMITS as limits
+    from service.service import CONTRACT as limits
 
     face = limits.face or load_params(ROOT / "params.yaml").ingest.face
     centre, faced = face_step(limits.image_size, face, args.requests, os.cpu_count() or 1)   # as the service

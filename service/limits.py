@@ -1,9 +1,10 @@
-"""What the service takes from the stored models: verified weights and the serving contract.
+"""What the service takes from the stored models: verified weights, the model contract and the HTTP bounds.
 
 `pipeline/stages/package.py` records in each BentoML model's metadata the sha256 of its `model.pt`, the
-preprocessing contract (image size, flip averaging, crop and face detector) and the serving bounds from params.yaml
-(`package`). `check_models` verifies both models before the service starts and returns the bounds;
-`guard_routes` turns them into the per-route limits of service/guard.py.
+model contract (image size, flip averaging, crop and face detector, execution policy: `Contract`) and,
+apart from it, the HTTP bounds from params.yaml's `package` section (`Bounds`). `check_models` verifies
+both models before the service starts and returns both; `guard_routes` turns the bounds into the
+per-route limits of service/guard.py.
 """
 from __future__ import annotations
 
@@ -23,11 +24,18 @@ MULTIPART_SLACK = 64 * 1024  # boundaries and part headers on top of the photo b
 
 
 @dataclass(frozen=True)
-class Limits:
+class Contract:
+    """How the models were trained to see a photo; the service feeds them the same (or refuses to start)."""
     image_size: int
     tta_flip: bool
     face: FaceConfig | None        # crop the face found with these settings; None: centre crop
     execution: Execution           # precision and memory format evaluate scored the models with
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What one request may cost: the HTTP bounds of params.yaml's `package` section, stored with the
+    models so that a served model always comes with the bounds it was measured under."""
     max_upload_mb: float
     max_request_mb: float
     max_pixels: int
@@ -55,11 +63,17 @@ class Limits:
     def max_request_bytes(self) -> int:
         return int(self.max_request_mb * 2**20)
 
-    @property
-    def max_infer_bytes(self) -> int:
+    def max_infer_bytes(self, image_size: int) -> int:
         """/infer: `max_batch_files` base64 pixel arrays plus JSON punctuation."""
-        one = len(base64.b64encode(bytes(self.image_size ** 2 * 3))) + 8
+        one = len(base64.b64encode(bytes(image_size ** 2 * 3))) + 8
         return self.max_batch_files * one + 1024
+
+
+@dataclass(frozen=True)
+class Served:
+    """Both stored models, checked: the contract they share and the bounds they were packaged with."""
+    contract: Contract
+    bounds: Bounds
 
 
 class ModelError(SystemExit):
@@ -97,8 +111,8 @@ def _verified(ref) -> dict:
     return meta
 
 
-def check_models(refs: dict) -> Limits:
-    """{task: BentoModel} -> the serving Limits both models agree on. Raises ModelError."""
+def check_models(refs: dict) -> Served:
+    """{task: BentoModel} -> the contract and bounds both models agree on. Raises ModelError."""
     metas = {task: _verified(ref) for task, ref in refs.items()}
     facts = {task: (m["image_size"], bool(m.get("tta_flip", False)), m["serving"], m.get("preprocess"),
                     Execution.from_bundle(m.get("execution"))) for task, m in metas.items()}
@@ -106,7 +120,7 @@ def check_models(refs: dict) -> Limits:
         raise ModelError("faces: the models disagree on input size, flip averaging, crop, serving bounds or "
                          f"execution policy: {facts}")
     size, tta, serving, contract, execution = next(iter(facts.values()))
-    fields = {f.name for f in dataclasses.fields(Limits)} - {"image_size", "tta_flip", "face", "execution", "max_batch"}
+    fields = {f.name for f in dataclasses.fields(Bounds)} - {"max_batch"}
     if set(serving) != fields or contract is None:
         raise ModelError(f"faces: serving bounds {sorted(serving)} do not match this service's {sorted(fields)}, "
                          "or the crop is not recorded; re-run the package stage")
@@ -114,15 +128,15 @@ def check_models(refs: dict) -> Limits:
         face = crop_from_contract(contract)
     except (TypeError, ValueError) as e:
         raise ModelError(f"faces: cannot crop the way these models were trained: {e}") from None
-    return Limits(image_size=size, tta_flip=tta, face=face, execution=execution, **serving)
+    return Served(Contract(image_size=size, tta_flip=tta, face=face, execution=execution), Bounds(**serving))
 
 
-def guard_routes(limits: Limits) -> dict[str, Route]:
-    """The guard's per-route limits."""
-    one_photo = min(limits.max_request_bytes, limits.max_upload_bytes + MULTIPART_SLACK)
+def guard_routes(bounds: Bounds, image_size: int) -> dict[str, Route]:
+    """The guard's per-route limits (/infer's body size follows from the models' input size)."""
+    one_photo = min(bounds.max_request_bytes, bounds.max_upload_bytes + MULTIPART_SLACK)
     return {
-        "/predict": Route(b"multipart/form-data", b"image", 1, one_photo, limits.max_upload_bytes),
-        "/predict_batch": Route(b"multipart/form-data", b"images", limits.max_batch_files,
-                                limits.max_request_bytes, limits.max_upload_bytes),
-        "/infer": Route(b"application/json", None, 0, limits.max_infer_bytes),
+        "/predict": Route(b"multipart/form-data", b"image", 1, one_photo, bounds.max_upload_bytes),
+        "/predict_batch": Route(b"multipart/form-data", b"images", bounds.max_batch_files,
+                                bounds.max_request_bytes, bounds.max_upload_bytes),
+        "/infer": Route(b"application/json", None, 0, bounds.max_infer_bytes(image_size)),
     }

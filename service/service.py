@@ -47,11 +47,11 @@ from service.guard import EarlyShed, UploadGuard
 from service.limits import check_models, guard_routes
 from service.logs import ClientErrorFilter
 from service.openapi import DocsAnswers
+from service.settings import RESOURCES, TIMEOUT_S, WORKERS
 
 EXAMPLE_INPUT = Path(__file__).parent / "example.jpg"
 GENDER_TAG = os.environ.get("FACES_GENDER_MODEL", "faces-gender:latest")
 RATING_TAG = os.environ.get("FACES_RATING_MODEL", "faces-rating:latest")
-WORKERS = 2                                             # processes, each with its own copy of the models
 # BentoML opens an OpenTelemetry span per request even when none is exported (its default sample rate
 # is 0); on the 2-core machine that was 0.7 ms of each /predict (bench/serve.py, README). So the photo
 # routes get spans only with FACES_TRACE=1, for when you configure BentoML's tracing exporter.
@@ -59,8 +59,8 @@ UNTRACED = [] if os.environ.get("FACES_TRACE") == "1" else ["/predict", "/infer"
 REFS = {"gender": bentoml.models.BentoModel(GENDER_TAG), "rating": bentoml.models.BentoModel(RATING_TAG)}
 # Read from the stored models (sha256-checked: a corrupt model stops `bentoml serve` here, with a
 # message naming tag, path and hash, before any worker starts - no restart loop).
-LIMITS = check_models(REFS)
-TIMEOUT_S = 60                                          # BentoML's traffic timeout (504 past it)
+SERVED = check_models(REFS)
+CONTRACT, BOUNDS = SERVED.contract, SERVED.bounds
 logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
 
 
@@ -74,13 +74,13 @@ def checked_image(upload: UploadFile | bytes) -> Image.Image:
     pass bytes. Anything else - a path, a URL, a decoded image - is refused: no input may name a
     file or host, and a decoded image would skip the pipeline's decode (EXIF, modes, limits)."""
     if isinstance(upload, UploadFile):                   # its part headers were checked by guard.py
-        data = upload.file.read(LIMITS.max_upload_bytes + 1)
+        data = upload.file.read(BOUNDS.max_upload_bytes + 1)
     elif isinstance(upload, bytes):
         data = upload
     else:
         raise ValueError("send the photo as a file upload (multipart/form-data; in process: bytes)")
-    if len(data) > LIMITS.max_upload_bytes:
-        raise ValueError(f"file too large: over {LIMITS.max_upload_bytes} bytes")
+    if len(data) > BOUNDS.max_upload_bytes:
+        raise ValueError(f"file too large: over {BOUNDS.max_upload_bytes} bytes")
     if not data:
         raise ValueError("unusable image: empty file")
     holder = Image.Image()                  # no pixel buffer: 2 % of a worker's event loop under load
@@ -92,7 +92,7 @@ def checked_pixels(b64: str) -> str:
     """Raw /infer input, one photo as base64 of its S*S*3 uint8 pixels (row-major, RGB, already
     `fit_square`d), for clients that preprocess themselves. Validated per request, so a malformed one
     never joins (and breaks) an adaptive batch."""
-    s = LIMITS.image_size
+    s = CONTRACT.image_size
     try:
         raw = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
@@ -129,10 +129,10 @@ def bad_photo(field: str, message: str) -> ValidationError:
 
 
 Photo = Annotated[Image.Image, BeforeValidator(checked_image)]
-Photos = Annotated[list[Photo], Field(min_length=1, max_length=LIMITS.max_batch_files)]
+Photos = Annotated[list[Photo], Field(min_length=1, max_length=BOUNDS.max_batch_files)]
 Pixels = Annotated[str, AfterValidator(checked_pixels)]
 # an empty list would reach BentoML's batch dispatcher, which fails on it with a 500 (schemathesis)
-PixelBatch = Annotated[list[Pixels], Field(min_length=1, max_length=LIMITS.max_batch_files)]
+PixelBatch = Annotated[list[Pixels], Field(min_length=1, max_length=BOUNDS.max_batch_files)]
 
 
 class ModelVersions(BaseModel):
@@ -228,7 +228,7 @@ async def docs(_request) -> HTMLResponse:
 # The access log's request type/length fields are off: BentoML decodes those request headers as UTF-8
 # when it logs the answer, so one non-UTF-8 byte in a Content-Type turned any answer into a dropped
 # connection with an ERROR traceback (found by bench/hardening.py's fuzz).
-@bentoml.service(resources={"gpu": 1, "cpu": "2"}, traffic={"timeout": TIMEOUT_S}, workers=WORKERS,
+@bentoml.service(resources=RESOURCES, traffic={"timeout": TIMEOUT_S}, workers=WORKERS,
                  tracing={"excluded_urls": UNTRACED},
                  logging={"access": {"request_content_type": False, "request_content_length": False}})
 class Faces:
@@ -240,26 +240,26 @@ class Faces:
         for task, ref in (("gender", self.gender_ref), ("rating", self.rating_ref)):
             # CUDA when present; precision and memory format as evaluate scored them (the stored
             # policy, resolved here); each worker gets its share of the cores
-            self.models[task], self.policy = serving_model(ref.path_of("model.pt"), task, LIMITS.execution,
+            self.models[task], self.policy = serving_model(ref.path_of("model.pt"), task, CONTRACT.execution,
                                                            workers=WORKERS)
             self.versions[f"{task}_version"] = ref.info.labels.get("mlflow_version", str(ref.tag.version))
         labels = [ref.info.labels for ref in (self.gender_ref, self.rating_ref)]
         self.versions["source"] = "/".join(sorted({lb.get("source", "unknown") for lb in labels}))
         self.versions["refit"] = all(lb.get("weights", "split").startswith("refit") for lb in labels)
         self.policy.apply_threads()
-        self.size, self.tta_flip, self.face = LIMITS.image_size, LIMITS.tta_flip, LIMITS.face
-        self.batcher = Batcher(self._forward, LIMITS.max_batch, on_batch=BATCH_SIZES.observe)
+        self.size, self.tta_flip, self.face = CONTRACT.image_size, CONTRACT.tta_flip, CONTRACT.face
+        self.batcher = Batcher(self._forward, BOUNDS.max_batch, on_batch=BATCH_SIZES.observe)
         # header, decode, face step and resize run in killable child processes, not on the event
         # loop; the face step's pyramid levels spread over the cores this process may use (a lone
         # photo's face step: 8 ms instead of 11, bench/serve.py); under load the pool bounds it anyway
-        self.decoder = DecodePool(LIMITS.decode_threads, {
-            "size": self.size, "max_pixels": LIMITS.max_pixels, "threads": len(os.sched_getaffinity(0)),
+        self.decoder = DecodePool(BOUNDS.decode_threads, {
+            "size": self.size, "max_pixels": BOUNDS.max_pixels, "threads": len(os.sched_getaffinity(0)),
             "face": dataclasses.asdict(self.face) if self.face is not None else None},
-            wall_s=10 * LIMITS.decode_cpu_s, on_kill=lambda reason: DECODER_KILLS.labels(reason=reason).inc())
+            wall_s=10 * BOUNDS.decode_cpu_s, on_kill=lambda reason: DECODER_KILLS.labels(reason=reason).inc())
 
     # max_latency_ms = the traffic timeout: BentoML's dispatcher never sheds on its own (its 503 had a
     # generic body, no Retry-After and an ERROR traceback); admission is the guard's (max_inflight)
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=LIMITS.max_batch, max_latency_ms=TIMEOUT_S * 1000)
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=BOUNDS.max_batch, max_latency_ms=TIMEOUT_S * 1000)
     def infer(self, pixels: PixelBatch) -> list[list[float]]:
         """Photos as base64 pixels (see checked_pixels) -> [P(male), rating] each; concurrent calls
         are merged into one model batch (adaptive batching)."""
@@ -292,7 +292,7 @@ class Faces:
         out, cpu, pixels = [], 0.0, 0
         for i, im in enumerate(images):
             which = "" if len(images) == 1 else f"photo {i + 1} of {len(images)}: "
-            budget = min(LIMITS.decode_cpu_s, LIMITS.request_decode_cpu_s - cpu)
+            budget = min(BOUNDS.decode_cpu_s, BOUNDS.request_decode_cpu_s - cpu)
             try:
                 got = await self.decoder.frame(im.info["upload"], budget)
             except DecodeRefused as e:
@@ -305,8 +305,8 @@ class Faces:
                                  "photo's shorter side, or turned away from the camera, are not found)") from None
                 raise bad_photo(field, f"{which}unusable image: {e.reason}") from None
             cpu, pixels = cpu + got.cpu_s, pixels + got.pixels
-            if pixels > LIMITS.max_request_pixels:
-                raise bad_photo(field, f"over {LIMITS.max_request_pixels} pixels in this request")
+            if pixels > BOUNDS.max_request_pixels:
+                raise bad_photo(field, f"over {BOUNDS.max_request_pixels} pixels in this request")
             out.append(got.framed)
         return out
 
@@ -333,14 +333,14 @@ PHOTO_ANSWERS = ("408", "413", "422", "503")
 Faces.add_asgi_middleware(DocsAnswers, routes={"/predict": PHOTO_ANSWERS,  # type: ignore[attr-defined]
                                                "/predict_batch": PHOTO_ANSWERS, "/infer": ("408", "413", "503")})
 
-Faces.add_asgi_middleware(UploadGuard, routes=guard_routes(LIMITS),  # type: ignore[attr-defined]
-                          max_inflight=LIMITS.max_inflight, retry_after_s=LIMITS.retry_after_s,
-                          read_timeout_s=LIMITS.read_timeout_s, max_reading=LIMITS.max_reading,
-                          max_buffered_mb=LIMITS.max_buffered_mb, metrics=guard_metrics, idle=give_memory_back)
+Faces.add_asgi_middleware(UploadGuard, routes=guard_routes(BOUNDS, CONTRACT.image_size),  # type: ignore[attr-defined]
+                          max_inflight=BOUNDS.max_inflight, retry_after_s=BOUNDS.retry_after_s,
+                          read_timeout_s=BOUNDS.read_timeout_s, max_reading=BOUNDS.max_reading,
+                          max_buffered_mb=BOUNDS.max_buffered_mb, metrics=guard_metrics, idle=give_memory_back)
 # uvicorn's protocol with connection bounds; EarlyShed (outermost) sheds before BentoML's middlewares
-frontdoor.install(frontdoor.Bounds(header_timeout_s=LIMITS.header_timeout_s, max_header_bytes=LIMITS.max_header_kb * 1024,
-                                   body_timeout_s=TIMEOUT_S, keep_alive_s=LIMITS.keep_alive_s,
-                                   max_connections=LIMITS.max_connections, retry_after_s=LIMITS.retry_after_s),
+frontdoor.install(frontdoor.Bounds(header_timeout_s=BOUNDS.header_timeout_s, max_header_bytes=BOUNDS.max_header_kb * 1024,
+                                   body_timeout_s=TIMEOUT_S, keep_alive_s=BOUNDS.keep_alive_s,
+                                   max_connections=BOUNDS.max_connections, retry_after_s=BOUNDS.retry_after_s),
                   wrap=EarlyShed)
 
 

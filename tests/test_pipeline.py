@@ -316,7 +316,7 @@ def test_gpu_profile_runs_on_cpu_at_a_tiny_budget_and_exports_servable_models(re
     serving = json.loads((out / "serving.json").read_text())
     check = ("import sys; from service.limits import check_models; import bentoml; l = check_models("
              "{t: bentoml.models.get(sys.argv[i + 1]) for i, t in enumerate(('gender', 'rating'))}); "
-             "print(l.image_size, l.face is not None, l.execution)")
+             "print(l.contract.image_size, l.contract.face is not None, l.contract.execution)")
     p = subprocess.run([sys.executable, "-c", check, serving["gender"]["tag"], serving["rating"]["tag"]], cwd=repo,
                        env={**venv_env(), "BENTOML_HOME": str(home)}, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.startswith("32 True Execution(precision='auto'"), p.stderr[-2000:]
@@ -369,4 +369,4 @@ def test_dvc_repro_killed_mid_training_and_mid_evaluation_then_finishes_with_no_
     serving = json.loads((repo / "models/serving.json").read_text())
     check = ("import sys; from service.limits import check_models; import bentoml; print(check_models("
              "{t: bentoml.models.get(sys.argv[i + 1]) for i, t in enumerate(('gender', 'rating'))}))")
-    assert "Limits(" in run([sys.executable, "-c", check, serving["gender"]["tag"], serving["rating"]["tag"]], repo)
+    assert "Served(contract=Contract(" in run([sys.executable, "-c", check, serving["gender"]["tag"], serving["rating"]["tag"]], repo)

@@ -62,5 +62,9 @@ def test_manifests_agree_with_the_image_and_each_other():
     # BentoML's own health routes: /livez (the process answers), /readyz (the models are loaded)
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
-    assert c["resources"]["limits"]["nvidia.com/gpu"] == c["resources"]["requests"]["nvidia.com/gpu"] == 1
+    from service.settings import RESOURCES
+
+    # the pod asks for what the service is configured to use (service/settings.py, the one place)
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == c["resources"]["requests"]["nvidia.com/gpu"] == RESOURCES["gpu"]
+    assert str(c["resources"]["requests"]["cpu"]) == RESOURCES["cpu"]
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.core.execution import Execution
 from pipeline.stages.package import save_bundle
-from service.limits import Limits, ModelError, check_models, guard_routes
+from service.limits import Bounds, Contract, ModelError, Served, check_models, guard_routes
 
 from conftest import CENTRE, DEFAULT_EXECUTION, ROOT, TEST_SERVING, free_port, tiny_bundle, venv_env
 
@@ -22,8 +22,9 @@ def _stored(tmp_path, task, name, **meta):
 def test_limits_come_from_the_models_metadata(tmp_path):
     refs = {t: _stored(tmp_path, t, f"lim-{t}") for t in ("gender", "rating")}
     limits = check_models(refs)
-    assert limits == Limits(image_size=32, tta_flip=True, face=None, execution=Execution("auto", True), **TEST_SERVING)
-    routes = guard_routes(limits)
+    assert limits == Served(Contract(image_size=32, tta_flip=True, face=None, execution=Execution("auto", True)),
+                            Bounds(**TEST_SERVING))
+    routes = guard_routes(limits.bounds, limits.contract.image_size)
     assert routes["/predict"].max_files == 1 and routes["/predict_batch"].max_files == 4
     assert routes["/predict_batch"].max_bytes == 3 * 2**20 and routes["/predict"].max_file_bytes == 2**20
     assert routes["/infer"].max_bytes >= 4 * 32 * 32 * 3 * 4 // 3
@@ -68,7 +69,7 @@ def test_a_model_stored_with_another_normalisation_is_refused(tmp_path):
 def test_a_model_packaged_before_the_execution_policy_runs_as_it_was_scored_fp32_nchw(tmp_path):
     meta = {"image_size": 32, "tta_flip": True, "serving": TEST_SERVING, "preprocess": CENTRE}
     refs = {t: save_bundle(f"pre-{t}", tiny_bundle(tmp_path / f"pre-{t}.pt", t), {}, meta) for t in ("gender", "rating")}
-    assert check_models(refs).execution == Execution("fp32", False)
+    assert check_models(refs).contract.execution == Execution("fp32", False)
 
 
 @pytest.mark.slow

@@ -219,9 +219,9 @@ def test_in_process_callers_pass_bytes_but_never_a_path_url_or_decoded_image(cli
 
 def test_infer_takes_preprocessed_pixels_and_agrees_with_predict(client):
     from pipeline.core.preprocess import load_uint8
-    from service.service import EXAMPLE_INPUT, LIMITS, encode_pixels
+    from service.service import CONTRACT, EXAMPLE_INPUT, encode_pixels
 
-    pixels = load_uint8(EXAMPLE_INPUT, LIMITS.image_size, 10**8)
+    pixels = load_uint8(EXAMPLE_INPUT, CONTRACT.image_size, 10**8)
     r = client.post("/infer", json={"pixels": [encode_pixels(pixels)] * 2})
     assert r.status_code == 200, r.text
     (p_male, rating), again = r.json()
