@@ -8,11 +8,9 @@ STAMP := $(VENV)/.installed
 # `make test PYTEST_ARGS='-k guard'`; from the command line only (an exported PYTEST_ARGS is ignored)
 PYTEST_ARGS :=
 
-# Telemetry off for every tool, in this process and its children (dvc, mlflow, bentoml).
-export DVC_NO_ANALYTICS := 1
-export MLFLOW_DISABLE_TELEMETRY := true
-export BENTOML_DO_NOT_TRACK := true
-export DO_NOT_TRACK := 1
+# Telemetry off for every tool, in this process and its children (dvc, mlflow, bentoml, GX): telemetry.env
+include telemetry.env
+export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' telemetry.env)
 export PATH := $(BIN):$(PATH)
 
 HOST ?= 127.0.0.1
@@ -27,7 +25,7 @@ GPU_OUT ?= out/gpu
 # `make estimate PROFILE=scut DATA=... [SEEDS="0 1 2"]`: the profile under several seeds -> reports/estimate.json
 SEEDS ?= 0 1 2
 # the tracking URI lives in params.yaml alone
-TRACKING_URI = $(shell $(BIN)/python -c 'from pipeline.core.config import load_params; print(load_params().tracking.uri)')
+TRACKING_URI = $(shell $(BIN)/python -c 'from pipeline.core.config import load_params; from pipeline.tracking import tracking_uri; print(tracking_uri(load_params()))')
 
 # `make serve RELEASE=real`: the published models in release/real/ instead of this clone's run
 RELEASE ?=

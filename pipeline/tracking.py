@@ -24,9 +24,9 @@ import yaml
 from pipeline.core.config import Params, as_flat_dict
 from pipeline.core.promotion import ALIAS, beats, fit_description
 
-# No analytics traffic from any tool of the stack (this also covers child processes).
-TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "BENTOML_DO_NOT_TRACK": "true",
-                 "DO_NOT_TRACK": "1", "GX_ANALYTICS_ENABLED": "false"}
+# No analytics traffic from any tool of the stack (this also covers child processes): the repository's one list
+TELEMETRY_OFF = dict(line.split("=", 1) for line in (Path(__file__).resolve().parents[1] / "telemetry.env")
+                     .read_text().splitlines() if line and not line.startswith("#"))
 ARTIFACT_ROOT = Path("mlartifacts")
 
 

@@ -40,6 +40,7 @@ from starlette.routing import Route
 from pipeline.core.model import predict as model_predict
 from pipeline.core.model import serving_model
 from pipeline.core.preprocess import Framed, ImageError
+from pipeline.core.tasks import SERVED
 from service import frontdoor
 from service.batcher import Batcher
 from service.decoder import DecodePool, DecodeRefused, give_memory_back
@@ -59,8 +60,8 @@ UNTRACED = [] if os.environ.get("FACES_TRACE") == "1" else ["/predict", "/infer"
 REFS = {"gender": bentoml.models.BentoModel(GENDER_TAG), "rating": bentoml.models.BentoModel(RATING_TAG)}
 # Read from the stored models (sha256-checked: a corrupt model stops `bentoml serve` here, with a
 # message naming tag, path and hash, before any worker starts - no restart loop).
-SERVED = check_models(REFS)
-CONTRACT, BOUNDS = SERVED.contract, SERVED.bounds
+STORED = check_models(REFS)
+CONTRACT, BOUNDS = STORED.contract, STORED.bounds
 logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
 
 
@@ -281,7 +282,7 @@ class Faces:
         rows = []
         for a, b in pow2_chunks(len(x)):
             cols = [model_predict(self.models[t], x[a:b], tta_flip=self.tta_flip, policy=self.policy)
-                    for t in ("gender", "rating")]
+                    for t in SERVED]
             rows.extend(np.stack(cols, axis=1).tolist())
         return rows
 

@@ -114,3 +114,12 @@ def test_every_params_key_a_stage_reads_is_declared(stage):
                    for p in params):
             missing.add(read)
     assert not missing, f"{stage}: reads params {sorted(missing)} that dvc.yaml does not declare"
+
+
+def test_the_per_task_stages_run_exactly_the_served_tasks():
+    """dvc.yaml cannot import pipeline/core/tasks.py: its task lists are checked against SERVED instead."""
+    from pipeline.core.tasks import SERVED
+
+    for name in ("train", "refit", "evaluate"):
+        items = STAGES[name]["foreach"]
+        assert tuple(items) == SERVED, f"{name}: foreach {items} is not tasks.SERVED {SERVED}"

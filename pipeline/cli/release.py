@@ -20,7 +20,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-TASKS = ("gender", "rating")
+from pipeline.core.tasks import SERVED
+
+TASKS = SERVED
 REPORTS = ("metrics.json", "groups.json", "report.md")
 HEADLINE = {"gender": ("accuracy", "roc_auc"), "rating": ("pearson", "mae")}
 LICENCE = """The models were trained on the data sets named above. SCUT-FBP5500 and MEBeauty are licensed for

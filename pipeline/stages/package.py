@@ -33,8 +33,9 @@ import torch
 from pipeline.core.atomic import sha256_file, write_text
 from pipeline.core.execution import Execution, policy_dict
 from pipeline.core.preprocess import MEAN, STD, crop_contract
+from pipeline.core.tasks import SERVED
 
-TASKS = ("gender", "rating")
+TASKS = SERVED
 FINAL = "final/final.pt"                 # the refit's weights in the split model's MLflow run
 
 

@@ -21,12 +21,13 @@ from typing import Any
 from pipeline.core.atomic import write_text
 from pipeline.core.layers import CountMismatch, layer_table, to_markdown
 from pipeline.core.model import ModelConfig, build_model, count_params
+from pipeline.core.tasks import SERVED
 
 
 def models_in_params(params) -> dict[str, tuple[ModelConfig, list[str] | dict[str, int]]]:
     """Every network the pipeline builds (its heads), plus the course reference network (its outputs)."""
     out: dict[str, tuple[ModelConfig, list[str] | dict[str, int]]] = {}
-    for task in ("gender", "rating"):
+    for task in SERVED:
         c = getattr(params.train, task)
         out[f"{task}-{c.arch}"] = (ModelConfig(c.arch, c.widths, c.dropout, params.ingest.image_size),
                                    [task, *c.aux_tasks])

@@ -34,6 +34,7 @@ from pipeline.core.data import PARTS, load_parts, merge_parts, on_served_scale
 from pipeline.core.execution import Execution, policy_dict, resolve, select_device
 from pipeline.core.fit import fit, init_model
 from pipeline.core.model import ModelConfig, make_bundle
+from pipeline.core.tasks import SERVED
 
 
 def refit_config(cfg: TaskConfig, n_train: int, n_all: int, budget: str) -> TaskConfig:
@@ -43,12 +44,11 @@ def refit_config(cfg: TaskConfig, n_train: int, n_all: int, budget: str) -> Task
     return dataclasses.replace(cfg, epochs=epochs, patience=epochs, select="last")
 
 
-def check_recipe(bundle: dict, mcfg: ModelConfig, heads: list[str]) -> None:
-    """The split model must have been trained from these params (DVC reruns both when they change;
-    a hand-edited folder would refit a recipe that was never estimated)."""
-    if bundle["model_config"] != dataclasses.asdict(mcfg) or list(bundle["heads"]) != heads:
-        raise SystemExit(f"refit: {bundle['model_config']} {bundle['heads']} in the split model, but params.yaml "
-                         f"says {dataclasses.asdict(mcfg)} {heads}: rerun the train stage first")
+def recipe(bundle: dict) -> tuple[ModelConfig, list[str]]:
+    """The split model's network and heads, read from its bundle: the refit retrains exactly the recipe
+    that was estimated (one carrier; the crop and the rating map come from the same bundle)."""
+    cfg = dict(bundle["model_config"])
+    return ModelConfig(**{**cfg, "widths": tuple(cfg["widths"])}), list(bundle["heads"])
 
 
 def keep_split_model(model_dir: Path, why: str) -> None:
@@ -69,9 +69,8 @@ def refit(params, task: str, model_dir: Path, data: Path, split: Path) -> dict:
     execution = Execution(params.train.precision, params.train.channels_last)
     policy = resolve(execution, select_device(params.train.device), params.train.threads)
     policy.apply_threads()
-    heads, mcfg = [task, *cfg.aux_tasks], ModelConfig(cfg.arch, cfg.widths, cfg.dropout, params.ingest.image_size)
     split_bundle = torch.load(model_dir / "model.pt", weights_only=True, map_location="cpu")
-    check_recipe(split_bundle, mcfg, heads)
+    mcfg, heads = recipe(split_bundle)
     maps = {k: tuple(v) for k, v in split_bundle.get("trained_on", {}).get("rating_scales", {}).items()}
     parts = on_served_scale(load_parts(data, split, PARTS), maps)      # the split run's map (its training part)
     every = {"train": merge_parts([parts[p] for p in PARTS])}      # no "val": nothing to choose by
@@ -103,7 +102,7 @@ def refit(params, task: str, model_dir: Path, data: Path, split: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Retrain one task's recipe on every photo (the served model)")
-    ap.add_argument("--task", required=True, choices=["gender", "rating"])
+    ap.add_argument("--task", required=True, choices=SERVED)
     ap.add_argument("--model", required=True, type=Path, help="the train stage's folder (model.pt, run.json)")
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--split", required=True, type=Path)

@@ -31,11 +31,12 @@ from pipeline.core.fit import fit, init_model
 from pipeline.core.metrics import MAIN_METRIC
 from pipeline.core.model import ModelConfig, TaskModel, count_params, make_bundle
 from pipeline.core.preprocess import crop_contract
+from pipeline.core.tasks import SERVED
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Train one task's CNN")
-    ap.add_argument("--task", required=True, choices=["gender", "rating"])
+    ap.add_argument("--task", required=True, choices=SERVED)
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--split", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
