@@ -40,7 +40,7 @@ tag = $(shell $(BIN)/python -c 'import json; print(json.load(open("$(SERVING)"))
 
 .PHONY: help install repro test lint compare ui serve release build docker-context container-test compose-test push pull tracking-server k8s-tools bench bench-train bench-ddp estimate gpu-train hardening faces pictures st lock clean
 help:  ## this list
-	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):.*## /  make \1\t/' | expand -t 24
+	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):.*## /  make \1\t/' | expand -t 24
 
 install: $(STAMP)  ## .venv with requirements.lock (every other target runs it first)
 
@@ -61,7 +61,7 @@ estimate: install  ## PROFILE under SEEDS (own split + init each, refit off): me
 	python -m pipeline.cli.estimate --profile '$(or $(PROFILE),scut)' --data '$(or $(DATA),../shared/data/facescore)' \
 	  --seeds $(SEEDS) $(foreach s,$(SET),--set '$(s)')
 
-gpu-train: install  ## profiles/scut-gpu.yaml (one GPU, <= 10 min): its models as a release (BentoML archives, metrics) -> GPU_OUT
+gpu-train: install  ## profiles/scut-gpu.yaml (one GPU; 10 min budget, not yet measured): its models as a release (BentoML archives, metrics) -> GPU_OUT
 	python -m pipeline.cli.profile --profile scut-gpu --data '$(or $(DATA),../shared/data/facescore)' $(foreach s,$(SET),--set '$(s)')
 	python -m pipeline.cli.release --out '$(GPU_OUT)'
 

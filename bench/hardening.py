@@ -114,7 +114,7 @@ def soak(port: int, server_pid: int, seconds: float, concurrency: int = 32) -> d
     fds = lambda: sum(p.num_fds() for p in procs.values())  # noqa: E731
     marks, codes = {}, {}
     t_end = time.monotonic() + seconds
-    warm = time.monotonic() + seconds / 3          # RSS levels off within ~10 s (README)
+    warm = time.monotonic() + seconds / 3          # RSS levels off within ~10 s (docs/reliability.md)
 
     async def client(i):
         while time.monotonic() < t_end:

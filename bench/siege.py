@@ -1,6 +1,6 @@
 """The attacker's phases of bench/hardening.py (the corpus: bench/attacks.py). Each returns a dict of
 figures; the targets are checked by tests/service/test_hardening.py (short form) and printed by
-`make hardening` (full form, figures in the README's Reliability section).
+`make hardening` (full form, figures in docs/reliability.md).
 
 - crafted:  every crafted case, a few at a time, while a prober times /livez on new connections and
             ordinary /predict requests -> per class: statuses, 5xx, slowest answer; probe p50/p99.

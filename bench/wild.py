@@ -32,7 +32,7 @@ from pipeline.core.data import read_names  # noqa: E402
 from pipeline.core.sources import locate, parse_name, read_labels  # noqa: E402
 
 SCENES = [(1024, 768), (1152, 864), (1280, 960), (768, 1024), (864, 1152), (1000, 1000), (1280, 720)]
-# Where SCUT's face sits in its 350x350 photo: the median Haar box (README "Faces in photos").
+# Where SCUT's face sits in its 350x350 photo: the median Haar box (docs/face-step.md).
 SCUT_FACE = (176.0, 182.0, 228.0)   # centre x, centre y, side
 COLUMNS = ["scene", "source", "gender", "group", "rating", "face", "box_x", "box_y", "box_w", "box_h",
            "angle", "quality"]

@@ -53,7 +53,7 @@ def data_hash(lock: Path = Path("dvc.lock")) -> str:
 
 
 def tracking_uri(params: Params) -> str:
-    """MLFLOW_TRACKING_URI when set (a team's `mlflow server`, README "Scaling out"), else params.yaml's
+    """MLFLOW_TRACKING_URI when set (a team's `mlflow server`, docs/scaling-out.md), else params.yaml's
     zero-setup sqlite file. Not a DVC param: where runs are logged changes no output."""
     return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
 

@@ -113,7 +113,7 @@ def pow2_chunks(n: int) -> list[tuple[int, int]]:
 
     Every distinct batch shape makes torch/oneDNN build and keep kernels and buffers for it: with
     batches of any size from 1 to 64 a worker grew by ~540 MB before levelling off, with power-of-two
-    shapes it stayed flat (README, Reliability). Splitting, unlike padding, wastes no compute."""
+    shapes it stayed flat (docs/reliability.md). Splitting, unlike padding, wastes no compute."""
     out, start = [], 0
     for bit in reversed(range(max(n, 1).bit_length())):
         if n & (1 << bit):

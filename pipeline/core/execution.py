@@ -5,7 +5,7 @@ service and the benches.
     with policy.autocast():
         out = net(policy.input(x))
 
-What it decides, and why (measured with bench/train.py and bench/serve.py, README "Speed"):
+What it decides, and why (measured with bench/train.py and bench/serve.py, docs/speed.md):
 - **precision**: `auto` computes convolutions in bfloat16 under autocast where the hardware has it
   natively (CPU: AVX512_BF16 or AMX; CUDA: compute capability >= 8.0) and in float32 elsewhere - on a
   CPU without native bf16, oneDNN emulates it and is slower than fp32. Weights, optimizer state and

@@ -5,7 +5,7 @@
 
 Detector: OpenCV's Haar cascade `haarcascade_frontalface_alt2.xml`, shipped inside the
 opencv-python-headless wheel (BSD-3; pinned in requirements.lock, so nothing is downloaded at first
-use). Chosen by measurement against the other cascades (README "Faces in photos"): the best recall on
+use). Chosen by measurement against the other cascades (docs/face-step.md): the best recall on
 the in-the-wild dev set with no false positives, and exactly one face in every SCUT photo.
 
 It looks for faces on a grey copy whose shorter side is `window / min_face` pixels (a face must cover

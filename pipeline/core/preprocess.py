@@ -235,7 +235,7 @@ def frame(img: Image.Image, size: int, face: FaceConfig | None = None) -> Framed
 
     JPEG draft decoding keeps 2x the model input in a centre crop, and 1x in the crop of the smallest
     face searched for (min_face * margin of the shorter side; a larger face keeps more): a 1 MP photo
-    then decodes at 1/2 scale for an 80 px model (README "Faces in photos": speed)."""
+    then decodes at 1/2 scale for an 80 px model (docs/face-step.md: speed)."""
     w0, h0 = img.size
     min_side = DRAFT_FACTOR * size if face is None else math.ceil(size / (face.min_face * face.margin))
     rgb = decode_rgb(img, min_side=min_side)

@@ -4,7 +4,7 @@
     meta = to_served(meta, maps)             # `rating` on the served scale, `rating_own` kept
     own = to_own(predictions, sources_of_rows, maps)
 
-The design (README "Faces of everyone"): a source whose scale is the served one is the reference and
+The design (docs/faces.md): a source whose scale is the served one is the reference and
 is not touched. Any other source is mapped by the affine map that gives its *training-part* ratings the
 reference's training-part mean and standard deviation (moment matching). One rating head then learns
 from every photo; the service answers on SCUT's scale. Why affine: Pearson on a source's own scale is
