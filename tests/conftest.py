@@ -189,9 +189,10 @@ def server_process(served_models):
 
 
 @contextlib.contextmanager
-def serving(stop_timeout: float = 30):
-    """`bentoml serve` in a subprocess on a free loopback port (its own process group) -> (url, pid);
-    SIGTERM on exit, SIGKILL if it has not stopped after `stop_timeout` s."""
+def serving(stop_timeout: float = 30, cmd=None, env: dict[str, str] | None = None, ready_s: float = 60):
+    """`bentoml serve` (or `cmd(port)`, e.g. a make target) in a subprocess on a free loopback port, in
+    its own process group -> (url, pid); SIGTERM on exit, SIGKILL if it has not stopped after
+    `stop_timeout` s."""
     import signal
     import subprocess
     import sys
@@ -200,18 +201,19 @@ def serving(stop_timeout: float = 30):
 
     port = free_port()
     bentoml = os.path.join(os.path.dirname(sys.executable), "bentoml")
-    proc = subprocess.Popen([bentoml, "serve", "service.service:Faces", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = cmd(port) if cmd else [bentoml, "serve", "service.service:Faces", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
+        for _ in range(int(ready_s * 2)):
             try:
                 if urllib.request.urlopen(f"{url}/readyz", timeout=1).status == 200:
                     break
             except OSError:
                 time.sleep(0.5)
         else:
-            raise RuntimeError("bentoml serve did not become ready in 60 s")
+            raise RuntimeError(f"{' '.join(argv)} did not become ready in {ready_s:.0f} s")
         yield url, proc.pid
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

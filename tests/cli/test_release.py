@@ -8,7 +8,7 @@ import pytest
 from pipeline.cli.release import release, verify
 from pipeline.stages.package import export_archives, save_bundle
 
-from conftest import CENTRE, DEFAULT_EXECUTION, ROOT, TEST_SERVING, tiny_bundle, venv_env
+from conftest import CENTRE, DEFAULT_EXECUTION, ROOT, TEST_SERVING, serving, tiny_bundle, venv_env
 
 
 def _run(root, suffix: str) -> dict:
@@ -65,3 +65,26 @@ def test_a_failed_release_leaves_the_previous_folder_whole(tmp_path):
     with pytest.raises(FileNotFoundError):
         release(tmp_path / "run", out)
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_published_real_face_release_serves_with_one_command_from_an_empty_store(tmp_path):
+    """`make serve RELEASE=real` as on a fresh clone: an empty BentoML store, the release's sums checked,
+    its archives imported, the real-photo models answering with their face step."""
+    import httpx
+
+    release_dir = ROOT / "release" / "real"
+    serving_json = json.loads((release_dir / "serving.json").read_text())
+    assert {e["source"] for e in serving_json.values()} == {"real"}
+    verify(release_dir)
+    env = {"BENTOML_HOME": str(tmp_path / "bentoml"), "FACES_WORKERS": "1"}
+    with serving(cmd=lambda port: ["make", "-s", "serve", "RELEASE=real", "HOST=127.0.0.1", f"PORT={port}"],
+                 env=env, ready_s=180) as (url, _):
+        photo = (ROOT / "service" / "example.jpg").read_bytes()
+        r = httpx.post(f"{url}/predict", files={"image": ("example.jpg", photo, "image/jpeg")}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"]["source"] == "real" and body["face"]["crop"] == "face" and 1 <= body["rating"] <= 5
+    stored = {p.name for p in (tmp_path / "bentoml" / "models").iterdir()}
+    assert stored == {e["tag"].split(":")[0] for e in serving_json.values()}
