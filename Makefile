@@ -93,7 +93,7 @@ test: install  ## the test suite (what CI runs)
 	pytest $(PYTEST_ARGS)
 
 lint: install  ## ruff (pyflakes, bugbear, simplify, isort, pyupgrade) and mypy; config in pyproject.toml
-	ruff check pipeline service bench tests docker deploy
+	ruff check pipeline service bench tests docker deploy .ci
 	mypy
 
 compare: install  ## the DVC experiments side by side: changed params and metrics, metrics and plots vs HEAD
