@@ -86,7 +86,9 @@ def _verified(ref) -> dict:
     from bentoml.exceptions import BentoMLException
 
     try:
-        model = getattr(ref, "stored", ref)           # a BentoModel reference -> the stored model
+        model = getattr(ref, "stored", ref)           # a BentoModel reference -> the stored model (None: absent)
+        if model is None:
+            raise BentoMLException("not found")
         tag, path, meta = str(model.tag), Path(model.path_of("model.pt")), dict(model.info.metadata)
     except BentoMLException as e:
         raise ModelError(f"faces: model {getattr(ref, 'tag', ref)} is not in the BentoML store: {e} "

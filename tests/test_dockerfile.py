@@ -43,3 +43,22 @@ def test_the_service_imports_only_the_core_and_the_image_and_bento_carry_it_whol
     assert {"!pipeline/__init__.py", "!pipeline/core/"} <= set(allowed)
     bento = (ROOT / "bentofile.yaml").read_text()
     assert '"pipeline/__init__.py"' in bento and '"pipeline/core/*.py"' in bento
+
+
+def _pins(text: str) -> dict[str, str]:
+    """`name==version [\\ --hash=sha256:H]` entries -> {name: "version H"}."""
+    import re
+
+    return {m[0]: f"{m[1]} {m[2]}".strip() for m in re.findall(r"^([a-z0-9-]+)==(\S+?)(?: \\\n\s+--hash=sha256:(\w+))?$",
+                                                                text, re.M)}
+
+
+def test_the_image_and_the_bento_are_pinned_from_the_lock():
+    lock = _pins((ROOT / "requirements.lock").read_text())
+    serve = _pins((ROOT / "docker/requirements-serve.txt").read_text())
+    bento = _pins((ROOT / "docker/requirements-bento.txt").read_text())
+    assert len(lock) > 200 and all(" " in v for v in lock.values()), "every lock pin carries a hash"
+    assert {"bentoml", "pillow", "opencv-python-headless"} <= set(serve) and "torch" not in serve
+    assert all(lock[n] == v for n, v in serve.items()), "the image's pins and hashes are the lock's"
+    assert bento == {n: v.split()[0] for n, v in lock.items() if n in set(serve) | {"torch"}}
+    assert "--require-hashes -r /tmp/requirements-serve.txt" in (ROOT / "Dockerfile").read_text()

@@ -89,3 +89,11 @@ def test_bentoml_serve_exits_with_the_message_on_a_bit_flipped_model_instead_of_
     assert f"model {bm.tag}" in p.stderr and "is corrupt" in p.stderr and bm.info.metadata["sha256"] in p.stderr
     assert p.stderr.count("is corrupt") == 1                  # said once: no worker restart loop
     assert bentoml.models.get(good.tag) is not None
+
+
+def test_a_tag_missing_from_the_store_stops_the_service_with_its_name():
+    import bentoml
+
+    ref = bentoml.models.BentoModel("faces-gender:nosuchversion")
+    with pytest.raises(ModelError, match=r"faces-gender:nosuchversion is not in the BentoML store.*make repro"):
+        check_models({"gender": ref})
