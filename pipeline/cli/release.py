@@ -31,21 +31,30 @@ in a product. No photo is included. A rating is the averaged opinion of a data s
 property of a person; MODEL_CARD.md in the repository states the intended use and the limits."""
 
 
-def card(serving: dict, metrics: dict[str, dict], commit: str) -> str:
-    """The release's model card: where the models come from, their licence, their test figures."""
+def _figures(task: str, m: dict) -> str:
+    ci = m.get("ci95", {})
+    return ", ".join(f"{k} {m[k]:.4f} (95 % CI {ci[k][0]:.3f}–{ci[k][1]:.3f})" if k in ci else f"{k} {m[k]:.4f}"
+                     for k in HEADLINE[task] if k in m)
+
+
+def card(serving: dict, metrics: dict[str, dict], groups: dict[str, dict], commit: str) -> str:
+    """The release's model card: where the models come from, their licence, their test figures (all
+    test photos, then each source on its own scale)."""
     src = {e.get("source", "?") for e in serving.values()}
-    rows = []
+    rows = [f"| {task} | all | `{serving[task]['tag']}` | {serving[task].get('weights', '?')} | "
+            f"{_figures(task, metrics[task])} |" for task in TASKS]
     for task in TASKS:
-        m, ci = metrics[task], metrics[task].get("ci95", {})
-        figures = ", ".join(f"{k} {m[k]:.4f} (95 % CI {ci[k][0]:.3f}–{ci[k][1]:.3f})" if k in ci else f"{k} {m[k]:.4f}"
-                            for k in HEADLINE[task] if k in m)
-        rows.append(f"| {task} | `{serving[task]['tag']}` | {serving[task].get('weights', '?')} | {figures} |")
+        rows += [f"| {task} | {p['group']} (n {p['n']}) | | | {_figures(task, p)} |"
+                 for p in groups[task].get("populations", []) if p["grouping"] == "source"]
     return "\n".join([
         f"# Release: models trained on `{', '.join(sorted(src))}`", "",
-        f"Built by `make release` from commit `{commit}`. Serve it from the repository root with",
+        f"Built by `make release` from a run of commit `{commit}`. Serve it from the repository root with",
         "`make serve RELEASE=<this folder's name>`.", "",
-        "| task | BentoML tag | weights | test split (held out) |", "|---|---|---|---|", *rows, "",
-        "Per population (source × ethnicity × gender): `<task>/groups.json` and `<task>/report.md`.", "",
+        "| task | test photos | BentoML tag | weights | test split (held out) |", "|---|---|---|---|---|", *rows, "",
+        "`all`: every test photo, ratings on the served 1–5 scale; a source's row: its photos, on its own scale",
+        "(MAE in its units). `weights: split` means the served models are the ones these figures measured (no",
+        "refit on the test photos). Per population (source × ethnicity × gender): `<task>/groups.json` and",
+        "`<task>/report.md`.", "",
         "## Licence", "", LICENCE, "",
     ])
 
@@ -55,18 +64,19 @@ def release(root: Path, out: Path) -> list[Path]:
     serving = json.loads((root / "models/serving.json").read_text())
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    metrics = {}
+    metrics, groups = {}, {}
     for task in TASKS:
         (tmp / task).mkdir(parents=True)
         for name in REPORTS:
             shutil.copy2(root / "reports/eval" / task / name, tmp / task / name)
         metrics[task] = json.loads((tmp / task / "metrics.json").read_text())
+        groups[task] = json.loads((tmp / task / "groups.json").read_text())
         archive = root / "models/bento" / f"{serving[task]['tag'].split(':')[0]}.bentomodel"
         shutil.copy2(archive, tmp / archive.name)
     (tmp / "serving.json").write_text(json.dumps(serving, indent=2) + "\n")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                             text=True).stdout.strip() or "unknown"
-    (tmp / "README.md").write_text(card(serving, metrics, commit))
+    (tmp / "README.md").write_text(card(serving, metrics, groups, commit))
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
     sums = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(tmp).as_posix()}\n" for p in files)
     (tmp / "SHA256SUMS").write_text(sums)
