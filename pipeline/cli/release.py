@@ -14,15 +14,14 @@ killed release leaves the previous one whole.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import subprocess
 from pathlib import Path
 
+from pipeline.core.atomic import sha256_file
 from pipeline.core.tasks import SERVED
 
-TASKS = SERVED
 REPORTS = ("metrics.json", "groups.json", "report.md")
 HEADLINE = {"gender": ("accuracy", "roc_auc"), "rating": ("pearson", "mae")}
 LICENCE = """The models were trained on the data sets named above. SCUT-FBP5500 and MEBeauty are licensed for
@@ -42,8 +41,8 @@ def card(serving: dict, metrics: dict[str, dict], groups: dict[str, dict], commi
     test photos, then each source on its own scale)."""
     src = {e.get("source", "?") for e in serving.values()}
     rows = [f"| {task} | all | `{serving[task]['tag']}` | {serving[task].get('weights', '?')} | "
-            f"{_figures(task, metrics[task])} |" for task in TASKS]
-    for task in TASKS:
+            f"{_figures(task, metrics[task])} |" for task in SERVED]
+    for task in SERVED:
         rows += [f"| {task} | {p['group']} (n {p['n']}) | | | {_figures(task, p)} |"
                  for p in groups[task].get("populations", []) if p["grouping"] == "source"]
     return "\n".join([
@@ -65,7 +64,7 @@ def release(root: Path, out: Path) -> list[Path]:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     metrics, groups = {}, {}
-    for task in TASKS:
+    for task in SERVED:
         (tmp / task).mkdir(parents=True)
         for name in REPORTS:
             shutil.copy2(root / "reports/eval" / task / name, tmp / task / name)
@@ -78,7 +77,7 @@ def release(root: Path, out: Path) -> list[Path]:
                             text=True).stdout.strip() or "unknown"
     (tmp / "README.md").write_text(card(serving, metrics, groups, commit))
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
-    sums = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(tmp).as_posix()}\n" for p in files)
+    sums = "".join(f"{sha256_file(p)}  {p.relative_to(tmp).as_posix()}\n" for p in files)
     (tmp / "SHA256SUMS").write_text(sums)
     if out.exists():
         shutil.rmtree(out)
@@ -92,7 +91,7 @@ def verify(folder: Path) -> None:
     for line in lines:
         digest, name = line.split("  ", 1)
         path = folder / name
-        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        if not path.is_file() or sha256_file(path) != digest:
             raise ValueError(f"release {folder}: {name} is missing or does not match SHA256SUMS")
     if not lines:
         raise ValueError(f"release {folder}: SHA256SUMS is empty")

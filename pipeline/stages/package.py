@@ -35,7 +35,6 @@ from pipeline.core.execution import Execution, policy_dict
 from pipeline.core.preprocess import MEAN, STD, crop_contract
 from pipeline.core.tasks import SERVED
 
-TASKS = SERVED
 FINAL = "final/final.pt"                 # the refit's weights in the split model's MLflow run
 
 
@@ -196,7 +195,7 @@ def main() -> None:
 
     params = load_params(args.params)
     with tempfile.TemporaryDirectory() as tmp:
-        summary = {task: package(params, task, Path(tmp)) for task in TASKS}
+        summary = {task: package(params, task, Path(tmp)) for task in SERVED}
     if args.archives:
         export_archives([s["tag"] for s in summary.values()], args.archives)
     write_text(args.out, json.dumps(summary, indent=2) + "\n")
