@@ -277,3 +277,18 @@ def pytest_runtest_makereport(item, call):
         return
     rep.outcome = "failed"
     rep.longrepr = f"FACES_NO_SKIP: this test skipped ({rep.longrepr}); CI is meant to run it"
+
+
+def imported(path: Path) -> set[str]:
+    """Dotted names a module imports anywhere in its source, functions included (`from pipeline.core import
+    data` -> pipeline.core.data). The architecture and dvc.yaml tests read imports through this."""
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            package = (ROOT / node.module.replace(".", "/")).is_dir()
+            out |= {f"{node.module}.{a.name}" for a in node.names} if package else {node.module}
+    return out

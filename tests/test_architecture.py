@@ -5,12 +5,11 @@
 - mlflow is imported by pipeline/tracking.py alone;
 - docs/architecture.md names every module of the packages it maps.
 """
-import ast
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, imported
 
 TOOLS = {"mlflow", "dvc", "bentoml", "great_expectations"}
 PACKAGES = ("pipeline/core", "pipeline/stages", "pipeline/cli", "service")
@@ -18,18 +17,6 @@ PACKAGES = ("pipeline/core", "pipeline/stages", "pipeline/cli", "service")
 
 def modules(folder: str) -> list[Path]:
     return sorted(p for p in (ROOT / folder).glob("*.py") if p.name != "__init__.py")
-
-
-def imported(path: Path) -> set[str]:
-    """Dotted names a module imports (`from pipeline.core import data` -> pipeline.core.data)."""
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            package = (ROOT / node.module.replace(".", "/")).is_dir()
-            out |= {f"{node.module}.{a.name}" for a in node.names} if package else {node.module}
-    return out
 
 
 def _ids(paths):
@@ -53,6 +40,11 @@ def test_a_stage_imports_no_other_stage_and_no_cli(path):
 def test_the_service_imports_only_the_core_of_the_pipeline(path):
     bad = {n for n in imported(path) if n.split(".")[0] == "pipeline" and not n.startswith("pipeline.core.")}
     assert not bad, f"{path.name} imports {sorted(bad)}"
+
+
+def test_the_service_uses_the_core_image_path_and_models():
+    used = set().union(*(imported(p) for p in modules("service")))
+    assert {"pipeline.core.preprocess", "pipeline.core.model"} <= used
 
 
 def test_mlflow_is_imported_by_the_tracking_adapter_alone():

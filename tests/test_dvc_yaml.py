@@ -6,7 +6,6 @@ the stage modules' source: imports (transitively, through the core modules) and 
 accesses. Not listed on purpose: `tracking` (where runs are logged, not what is computed),
 `pipeline/core/config.py` (the loader) and `pipeline/core/atomic.py` (how files are written).
 """
-import ast
 import dataclasses
 import re
 
@@ -15,7 +14,7 @@ import yaml
 
 from pipeline.core.config import Params
 
-from conftest import ROOT
+from conftest import ROOT, imported
 
 NOT_DEPS = {"pipeline.tracking", "pipeline.core.config", "pipeline.core.atomic"}
 SECTIONS = {f.name for f in dataclasses.fields(Params)} - {"tracking"}
@@ -33,17 +32,7 @@ def stage_modules() -> dict[str, str]:
 
 def imports(module: str) -> set[str]:
     """The pipeline modules `module` imports anywhere in its source (top level or inside functions)."""
-    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
-            if (ROOT / node.module.replace(".", "/")).is_dir():      # `from pipeline.core import data`
-                out |= {f"{node.module}.{a.name}" for a in node.names}
-            else:
-                out.add(node.module)
-        elif isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.startswith("pipeline.")}
-    return out - {module}
+    return {n for n in imported(ROOT / (module.replace(".", "/") + ".py")) if n.startswith("pipeline.")} - {module}
 
 
 def closure(module: str) -> set[str]:
