@@ -77,7 +77,7 @@ def _bench(name: str):
 def test_the_face_step_finds_one_face_in_scut_photos_framed_as_params_yaml_says(real_data):
     """>= 99.5 % of the 3300 photos get exactly one face, and the framing stored in params.yaml is
     the one measured (re-measure with `python bench/faces.py --framing` after changing the detector)."""
-    from test_face import CFG
+    from drawn import CFG
 
     f = _bench("faces").framing(real_data / "images", CFG)
     assert f["photos"] == 3300 and f["exactly_one"] >= 0.995, f
@@ -90,7 +90,7 @@ def test_the_face_step_finds_one_face_in_scut_photos_framed_as_params_yaml_says(
 def test_faces_in_cluttered_scenes_are_found_and_empty_scenes_are_no_face(real_data, tmp_path):
     """A short form of the in-the-wild dev set (`make faces` runs 400 + 100): 150 SCUT heads placed
     at 15-55 % of the shorter side, turned up to 12 degrees, in ~1 MP clutter; 60 scenes without a face."""
-    from test_face import CFG
+    from drawn import CFG
 
     wild = _bench("wild")
     table = wild.build(wild.labelled_photos(real_data, None), tmp_path, faces=150, empty=60, seed=11)

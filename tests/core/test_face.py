@@ -1,7 +1,6 @@
 """The face step (pipeline/core/face.py) and its place in the image path (preprocess.frame), on drawn faces:
 the Haar cascade finds the project's synthetic faces, so these run without the real photos."""
 import dataclasses
-import io
 import math
 import sys
 
@@ -9,36 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.core.config import load_params
-from pipeline.core.face import FaceConfig, crop_square, detect, detector_version, eyes, face_square, framing
+from pipeline.core.face import crop_square, detect, detector_version, eyes, face_square, framing
 from pipeline.core.preprocess import ImageError, crop_contract, crop_from_contract, frame, open_image
-from pipeline.stages.synth import render_face, sample_face
 
 from conftest import ROOT
+from drawn import CFG, _face, _jpeg, _scene
 
 sys.path.insert(0, str(ROOT / "bench"))
 from faces import _iou  # noqa: E402
-from wild import clutter  # noqa: E402
-
-CFG: FaceConfig = load_params(ROOT / "params.yaml").ingest.face
-
-
-def _face(seed=0, size=160) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return render_face(sample_face(rng, 0.25), size, rng)
-
-
-def _scene(face: Image.Image | None, at=(400, 200), side=300, size=(900, 700), seed=0) -> Image.Image:
-    scene = clutter(np.random.default_rng(seed), *size, blobs=0)
-    if face is not None:
-        scene.paste(face.resize((side, side), Image.Resampling.LANCZOS), at)
-    return scene
-
-
-def _jpeg(img: Image.Image, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=92, **kw)
-    return buf.getvalue()
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -114,7 +114,7 @@ def test_the_recorded_size_is_the_photos_own_even_when_it_is_draft_decoded(tmp_p
 def test_face_crop_quarantines_photos_without_a_face_and_stores_the_face_steps_crops(tiny_faces, tmp_path):
     """ingest.crop=face: a photo where no face is found is a 'no face' row, not a silent centre crop;
     every kept row is exactly the face step's crop (in 2 worker processes, as the stage runs)."""
-    from test_face import CFG, _jpeg, _scene
+    from drawn import CFG, _jpeg, _scene
 
     folder = tmp_path / "faces"
     shutil.copytree(tiny_faces, folder)
