@@ -189,21 +189,32 @@ def server_process(served_models):
 
 
 @contextlib.contextmanager
-def serving(stop_timeout: float = 30, cmd=None, env: dict[str, str] | None = None, ready_s: float = 60):
+def serving(stop_timeout: float = 30, cmd=None, env: dict[str, str] | None = None, ready_s: float = 60,
+            own_home: bool = False):
     """`bentoml serve` (or `cmd(port)`, e.g. a make target) in a subprocess on a free loopback port, in
     its own process group -> (url, pid); SIGTERM on exit, SIGKILL if it has not stopped after
-    `stop_timeout` s."""
+    `stop_timeout` s. `own_home`: a BentoML home of its own holding a copy of the test store's models.
+    BentoML keeps its Prometheus files under BENTOML_HOME and clears them when a server starts, so a
+    second server on the session's home would freeze the session server's /metrics."""
     import signal
     import subprocess
     import sys
     import time
     import urllib.request
 
+    env = dict(env or {})
+    if own_home:
+        import shutil
+        import tempfile
+
+        home = Path(tempfile.mkdtemp(prefix="bentoml-own-"))
+        shutil.copytree(Path(os.environ["BENTOML_HOME"]) / "models", home / "models")
+        env["BENTOML_HOME"] = str(home)
     port = free_port()
     bentoml = os.path.join(os.path.dirname(sys.executable), "bentoml")
     argv = cmd(port) if cmd else [bentoml, "serve", "service.service:Faces", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(int(ready_s * 2)):

@@ -1,6 +1,5 @@
 """The short form of bench/hardening.py against a real `bentoml serve` (the full form: make hardening)."""
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -156,20 +155,14 @@ def test_a_decode_stops_within_a_second_of_its_client_leaving(server_process):
     assert hardening.metric(port, kills, 'reason="client_gone"') == before + 1, two
 
 
-def test_after_hung_up_clients_the_server_still_stops_promptly_on_sigterm(served_models, tmp_path):
+def test_after_hung_up_clients_the_server_still_stops_promptly_on_sigterm(served_models):
     """BentoML's timeout middleware waits for a first send; a request whose client left got none and
     held uvicorn's graceful shutdown for the whole traffic timeout (60 s). Now: 499 to nobody."""
-    import os
-    import shutil
     import time
 
     from conftest import serving
 
-    # its own BENTOML_HOME (a copy of the test store): a second `bentoml serve` on the shared one clears
-    # the session server's Prometheus files, and every later /metrics reading there would be frozen
-    home = tmp_path / "bentoml"
-    shutil.copytree(Path(os.environ["BENTOML_HOME"]) / "models", home / "models")
-    with serving(stop_timeout=10, env={"BENTOML_HOME": str(home)}) as (url, _):
+    with serving(stop_timeout=10, own_home=True) as (url, _):      # the session server's metrics stay live
         out = hardening.hangups(_port(url), n=20)
         assert out["client_gone_events"] > 0
         t0 = time.monotonic()

@@ -1,44 +1,27 @@
 """The service with face-crop models (`ingest.crop: face`), over real HTTP: it finds the face, says where,
 answers 422 for a photo without one, and crops exactly like ingest (pipeline/preprocess.frame)."""
-import os
 
 import pytest
-from test_face import CFG, _face, _jpeg, _scene
 
 from conftest import TEST_SERVING, serving, tiny_bundle
+from drawn import CFG, _face, _jpeg, _scene
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")
 def face_server(tmp_path_factory):
-    """`bentoml serve` of two tiny models packaged as trained on face crops, from a BentoML home of
-    its own: BentoML keeps its Prometheus files under BENTOML_HOME and clears them when a server
-    starts, so sharing the session's home would wipe the metrics of the session's `server`."""
-    import shutil
-
+    """`bentoml serve` of two tiny models packaged as trained on face crops, from a BentoML home of its
+    own (conftest.serving's `own_home`: the session server's metrics stay live)."""
     from pipeline.core.preprocess import crop_contract
-    from pipeline.stages.package import _store_models_dir, save_bundle
+    from pipeline.stages.package import save_bundle
 
     tmp = tmp_path_factory.mktemp("face-bundles")
     meta = {"image_size": 32, "tta_flip": True, "serving": TEST_SERVING, "preprocess": crop_contract("face", CFG)}
-    home = tmp / "bentoml"
-    saved = {}
-    for t in ("gender", "rating"):
-        saved[t] = str(save_bundle(f"face-{t}", tiny_bundle(tmp / f"{t}.pt", t), {"mlflow_version": "3"}, meta).tag)
-        shutil.copytree(_store_models_dir() / f"face-{t}", home / "models" / f"face-{t}")
-    keys = ("FACES_GENDER_MODEL", "FACES_RATING_MODEL", "BENTOML_HOME")
-    before = {k: os.environ.get(k) for k in keys}
-    os.environ.update(zip(keys, (saved["gender"], saved["rating"], str(home)), strict=True))
-    try:
-        with serving() as (url, _pid):
-            yield url
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    tags = {f"FACES_{t.upper()}_MODEL": str(save_bundle(f"face-{t}", tiny_bundle(tmp / f"{t}.pt", t),
+                                                        {"mlflow_version": "3"}, meta).tag) for t in ("gender", "rating")}
+    with serving(env=tags, own_home=True) as (url, _pid):
+        yield url
 
 
 def _post(url, *photos: bytes, path="/predict"):
