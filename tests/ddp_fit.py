@@ -3,9 +3,16 @@ process or under torchrun; rank 0 saves the final weights and history to argv[1]
 
     python tests/ddp_fit.py OUT ARCH...
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_fit.py OUT ARCH...
+
+With DDP_FIT_CHECKPOINT set, each rank checkpoints to `<its working folder>/<ARCH>.ck.pt` (a node's own
+disk), writes its pid to OUT/pid-RANK, and rank 0 appends every epoch it runs to OUT/ran.txt; with DDP_FIT_PAUSE=N rank 0 writes
+OUT/paused and sleeps after reporting epoch N (before that epoch's checkpoint), to be killed there.
+DDP_FIT_LR overrides the learning rate (a node with other params).
 """
 import dataclasses
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +43,32 @@ def tiny_parts(n_train: int = 97, n_val: int = 40, size: int = 16) -> dict[str, 
     return out
 
 
+def _ran(out: Path, record: dict) -> None:
+    """Rank 0's epoch hook: which epochs this process ran; pauses to be killed where asked."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "ran.txt", "a") as f:
+        f.write(f"{record['epoch']}\n")
+    if str(record["epoch"]) == os.environ.get("DDP_FIT_PAUSE"):
+        (out / "paused").touch()
+        time.sleep(300)
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     torch.set_num_threads(1)
     w = distributed.init(torch.device("cpu"))
+    if os.environ.get("DDP_FIT_CHECKPOINT"):          # torchrun starts workers in their own sessions: the test kills these
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"pid-{w.rank}").write_text(str(os.getpid()))
     base = load_params(ROOT / "params.yaml").train.rating
     policy = resolve(Execution("fp32", False), torch.device("cpu"), threads=1)   # fp32: no bf16 rounding noise
     for arch in sys.argv[2:]:
         # no dropout: its masks are drawn per rank; augmentation stays on (drawn for the global batch)
-        cfg = dataclasses.replace(base, arch=arch, widths=(8, 16), dropout=0.0, epochs=4, batch_size=32, lr=0.01,
-                                  patience=100, select="last", ema=0.0)
+        cfg = dataclasses.replace(base, arch=arch, widths=(8, 16), dropout=0.0, epochs=4, batch_size=32,
+                                  lr=float(os.environ.get("DDP_FIT_LR", 0.01)), patience=100, select="last", ema=0.0)
         net = init_model(ModelConfig(arch, cfg.widths, cfg.dropout, 16), ["rating"], cfg.seed)
-        res = fit(net, tiny_parts(), "rating", cfg, policy, w=w)
+        ck = Path.cwd() / f"{arch}.ck.pt" if os.environ.get("DDP_FIT_CHECKPOINT") else None
+        res = fit(net, tiny_parts(), "rating", cfg, policy, checkpoint=ck, on_epoch=lambda r: _ran(out, r), w=w)
         if w.main:
             out.mkdir(parents=True, exist_ok=True)
             torch.save({"state": res.best_state, "history": res.history, "world": w.size}, out / f"{arch}.pt")

@@ -11,6 +11,12 @@ Every rank draws the same shuffled order and the same augmentation for the whole
 and `shard_weight` scales each rank's loss so that the average is the global batch's mean loss even
 when the slices differ in size. The global batch and so the learning rate do not depend on the
 number of processes: N processes take the same optimizer steps as one.
+
+On CUDA the process group has two backends (`backend`): NCCL for CUDA tensors, gloo for CPU objects.
+Before training the ranks compare their run fingerprints (`agree`: a node with other code, params or
+data stops the run in one line), and they resume from one checkpoint that every rank loads
+(pipeline/core/checkpoint.py). tests/core/test_distributed.py runs two nodes on loopback, kills and
+resumes them.
 """
 from __future__ import annotations
 
@@ -52,12 +58,26 @@ def torchrun_argv(nproc: int, module: str, argv: list[str]) -> list[str]:
             "-m", module, *argv]
 
 
+def backend(device: torch.device) -> str:
+    """gloo on CPU; on CUDA a group with both backends: NCCL moves CUDA tensors (the gradients, the
+    loss mean) and accepts nothing else, gloo moves the CPU ones (object collectives: the checkpoint,
+    the fingerprints, the RNG states)."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
+def check_devices(device: torch.device, local_size: int) -> None:
+    """One process per GPU: more processes on a node than it has GPUs would share one (or crash in
+    NCCL later); stops in one line on every rank before the process group forms."""
+    if device.type == "cuda" and local_size > (n := torch.cuda.device_count()):
+        raise SystemExit(f"train: {local_size} processes on this node but {n} GPU(s) visible: "
+                         f"set train.nproc (or torchrun --nproc-per-node) to at most {n}")
+
+
 def init(device: torch.device) -> World:
-    """Joins the process group torchrun set up (NCCL on CUDA, gloo on CPU); one process: nothing to do."""
+    """Joins the process group torchrun set up (backend(device)); one process: nothing to do."""
     w = world()
     if w.size > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend)
+        torch.distributed.init_process_group(backend(device))
         w = world()
     return w
 
@@ -82,22 +102,51 @@ def shard(n: int, w: World) -> tuple[slice, float]:
     return slice(start, stop), (stop - start) * w.size / n
 
 
-def mean(total: float, count: int, w: World) -> float:
-    """The mean over all ranks of per-rank sums (the epoch's training loss)."""
+def mean(total: float, count: int, w: World, device: torch.device) -> float:
+    """The mean over all ranks of per-rank sums (the epoch's training loss), reduced on the training
+    device (NCCL reduces only CUDA tensors)."""
     if w.size == 1:
         return total / count
-    t = torch.tensor([total, float(count)], dtype=torch.float64)
+    t = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return float(t[0] / t[1])
 
 
-def broadcast(value: float, w: World) -> float:
+def broadcast(value: float, w: World, device: torch.device) -> float:
     """Rank 0's number on every rank (the validation metric that decides early stopping)."""
     if w.size == 1:
         return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return float(box[0])
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.broadcast(t, src=0)
+    return float(t[0])
+
+
+def gather(obj: object, w: World) -> list:
+    """Every rank's `obj`, in rank order, on every rank (pickled; CPU, gloo)."""
+    if w.size == 1:
+        return [obj]
+    out: list = [None] * w.size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def send(obj: object, src: int, w: World) -> object:
+    """Rank `src`'s `obj` on every rank (pickled; CPU, gloo)."""
+    if w.size == 1:
+        return obj
+    box = [obj if w.rank == src else None]
+    torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def agree(value: str, what: str, w: World) -> None:
+    """Fails on every rank, in one line, unless all ranks hold the same `value` (e.g. the run's
+    fingerprint: nodes with different code, params or data would train different things silently)."""
+    values = gather(value, w)
+    if len(set(values)) > 1:
+        odd = next(r for r, v in enumerate(values) if v != values[0])
+        raise SystemExit(f"train: rank {odd}'s {what} is {values[odd]}, rank 0's is {values[0]}: "
+                         "every node must run the same code, params and data")
 
 
 def sync_batchnorm(net: torch.nn.Module, device: torch.device, w: World) -> torch.nn.Module:

@@ -24,11 +24,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.core import checkpoint as ckpt
 from pipeline.core import data as data_module
 from pipeline.core import distributed
 from pipeline.core import execution as execution_module
 from pipeline.core import model as model_module
-from pipeline.core.atomic import atomic_path
 from pipeline.core.config import TaskConfig
 from pipeline.core.data import Augment, Part, augment, batch_indices
 from pipeline.core.distributed import World
@@ -71,7 +71,7 @@ def fingerprint(cfg: TaskConfig, parts: dict[str, Part], heads: list[str], polic
     """Identifies config + data + the training code + how it runs (device, precision, memory format:
     each changes the numbers); a checkpoint is resumed only when this matches."""
     code = [Path(str(m.__file__)).read_text() for m in (sys.modules[__name__], data_module, model_module,
-                                                   execution_module)]
+                                                   execution_module, ckpt)]
     how = {k: v for k, v in policy.describe().items() if k != "threads"} | {"processes": processes}
     key = json.dumps([dataclasses.asdict(cfg), heads, {p: list(v.meta["filename"]) for p, v in parts.items()},
                       parts["train"].images.shape, code, how], sort_keys=True, default=str)
@@ -134,34 +134,7 @@ def _train_epoch(net, part, cfg, losses, opt, sched, gen, policy: Policy, desc, 
             total += loss.item() * len(rows)
             seen += len(rows)
             bar.set_postfix(loss=f"{total / seen:.4f}")
-    return distributed.mean(total, seen, w)
-
-
-def _save_checkpoint(path: Path, fp: str, net, opt, sched, gen, state: dict, finished: bool = False,
-                     ema=None) -> None:
-    """Everything a resumed run needs to continue bit for bit (weights, their average, optimizer, LR
-    schedule, RNGs); `finished` marks a run that ended normally, which the next run does not resume."""
-    with atomic_path(path) as tmp:          # a kill mid-save keeps the previous epoch's checkpoint
-        torch.save({"fingerprint": fp, "model": net.state_dict(), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(), "gen": gen.get_state(), "rng": torch.get_rng_state(),
-                    "state": state, "finished": finished, "ema": ema.state_dict() if ema is not None else None}, tmp)
-
-
-def _read_checkpoint(path: Path | None, device: torch.device) -> dict | None:
-    """The checkpoint at `path`, or None when there is none or it cannot be read (truncated or
-    corrupt, e.g. written by a process killed mid-save before saves were atomic): reported, and
-    training starts over instead of failing on every later run."""
-    if path is None or not path.is_file():
-        return None
-    try:
-        ck = torch.load(path, weights_only=True, map_location=device)
-        if not isinstance(ck, dict) or "fingerprint" not in ck:
-            raise ValueError("not a training checkpoint")
-        return ck
-    except Exception as e:  # noqa: BLE001 - zip, pickle and shape errors all mean "unusable"
-        print(f"train: checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:120]}); starting over",
-              file=sys.stderr)
-        return None
+    return distributed.mean(total, seen, w, policy.device)
 
 
 def _rank(metric: float) -> float:
@@ -197,8 +170,6 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, poli
     losses = _loss_fns(task, cfg)
     policy.model(net)                                             # before the optimizer takes its parameters
     net = distributed.sync_batchnorm(net, policy.device, w)
-    step_net = net if w.size == 1 else torch.nn.parallel.DistributedDataParallel(
-        net, device_ids=[policy.device.index] if policy.device.type == "cuda" else None)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * -(-len(parts["train"]) // cfg.batch_size)
     sched = _schedule(cfg, opt, steps)
@@ -206,18 +177,16 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, poli
     ema = _ema(net, cfg.ema)
     judged = ema.module if ema is not None else net               # what validation scores and we keep
     fp = fingerprint(cfg, parts, list(losses), policy, w.size)
+    distributed.agree(fp, "run fingerprint (params, data, code, precision)", w)
+    held = {"net": net, "opt": opt, "sched": sched, "gen": gen, "ema": ema}
     state: dict[str, Any] = {"epoch": 0, "best_metric": -float("inf"), "best_epoch": 0, "bad": 0, "history": [],
              "best_state": copy.deepcopy(judged.state_dict())}
-    ck = _read_checkpoint(checkpoint, policy.device)
-    if ck is not None and ck["fingerprint"] == fp and not ck.get("finished"):   # only an interrupted run resumes
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        gen.set_state(ck["gen"])
-        torch.set_rng_state(ck["rng"])
-        if ema is not None:
-            ema.load_state_dict(ck["ema"])
-        state = ck["state"]
+    ck = ckpt.agreed(checkpoint, fp, w)                           # the same one on every rank, or None
+    if ck is not None:
+        state = ckpt.restore(ck, held, w, policy.device)
+    # wrapped after loading: DDP broadcasts rank 0's weights at construction, now the checkpoint's on every rank
+    step_net = net if w.size == 1 else torch.nn.parallel.DistributedDataParallel(
+        net, device_ids=[policy.device.index] if policy.device.type == "cuda" else None)
     val = parts.get("val")
     keep_last = cfg.select == "last" or val is None
     ran = 0
@@ -232,7 +201,7 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, poli
             if w.main:
                 pred = predict(TaskModel(judged, task), val.images, policy=policy)
                 metric = compute_metrics(task, val.targets(task).numpy(), pred)[MAIN_METRIC[task]]
-            metric = distributed.broadcast(metric, w)
+            metric = distributed.broadcast(metric, w, policy.device)
             record[f"val_{MAIN_METRIC[task]}"] = metric
         record["seconds"] = time.time() - t0
         # NaN (a constant prediction: no correlation) ranks below every number, and the first epoch is
@@ -245,11 +214,11 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, poli
         state["history"].append(record)
         if w.main:
             _report(task, record, metric if val is not None else None, state["best_epoch"] == epoch, on_epoch)
-            if checkpoint:
-                _save_checkpoint(checkpoint, fp, net, opt, sched, gen, state, ema=ema)
+        if checkpoint:                                            # every rank: their RNG states go in
+            ckpt.save(checkpoint, fp, held, state, w, policy.device)
         ran += 1
         if stop_after is not None and ran >= stop_after and state["epoch"] < cfg.epochs:
             return FitResult(state["best_state"], state["best_epoch"], state["best_metric"], state["history"], False)
-    if checkpoint and w.main:
-        _save_checkpoint(checkpoint, fp, net, opt, sched, gen, state, finished=True, ema=ema)
+    if checkpoint:
+        ckpt.save(checkpoint, fp, held, state, w, policy.device, finished=True)
     return FitResult(state["best_state"], state["best_epoch"], state["best_metric"], state["history"])

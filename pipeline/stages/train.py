@@ -56,6 +56,7 @@ def main() -> None:
 def _device(pref: str, w: distributed.World) -> torch.device:
     """The device of this rank: its own GPU (LOCAL_RANK) under torchrun on CUDA."""
     device = select_device(pref)
+    distributed.check_devices(device, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     if device.type == "cuda" and w.size > 1:
         device = torch.device("cuda", w.local_rank)
         torch.cuda.set_device(device)

@@ -1,8 +1,11 @@
 """pipeline/core/distributed.py and DDP in pipeline/core/fit.py: the batch shares by hand, the augmentation a
 rank draws, 2 processes under torchrun against one process, and the train stage launching torchrun."""
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ from pipeline.core import distributed
 from pipeline.core.data import Augment, augment
 from pipeline.core.distributed import World
 
-from conftest import ROOT, TINY, copy_repo, run, venv_env
+from conftest import ROOT, TINY, copy_repo, free_port, run, venv_env
 
 
 def test_shards_cover_the_batch_and_weights_restore_the_global_mean():
@@ -35,6 +38,57 @@ def test_a_rank_augments_its_rows_as_one_process_augments_the_whole_batch():
     whole = augment(x, cfg, torch.Generator().manual_seed(3))
     part = augment(x[4:7], cfg, torch.Generator().manual_seed(3), (10, slice(4, 7)))
     torch.testing.assert_close(part, whole[4:7], rtol=0, atol=0)
+
+
+class _Sent(Exception):
+    pass
+
+
+def test_every_tensor_collective_runs_on_the_training_device(monkeypatch):
+    """NCCL reduces CUDA tensors only: the loss mean and the metric broadcast must be built on the
+    training device (here "meta", which exists without a GPU; the fake collective records it)."""
+    seen = []
+
+    def record(t, *a, **k):
+        seen.append(t.device)
+        raise _Sent
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", record)
+    monkeypatch.setattr(torch.distributed, "broadcast", record)
+    meta = torch.device("meta")
+    for call in (lambda: distributed.mean(3.0, 2, World(0, 2), meta), lambda: distributed.broadcast(0.5, World(1, 2), meta)):
+        with pytest.raises(_Sent):
+            call()
+    assert seen == [meta, meta]
+    # fit.py reaches torch.distributed only through this module (so the above covers its collectives)
+    fit_src = (ROOT / "pipeline/core/fit.py").read_text() + (ROOT / "pipeline/core/checkpoint.py").read_text()
+    assert "torch.distributed." not in fit_src.replace("torch.distributed.run", "")
+
+
+def test_a_cuda_group_has_a_gloo_backend_for_cpu_objects_and_nccl_for_cuda_tensors(monkeypatch):
+    got = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: got.append(backend))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    distributed.init(torch.device("cuda", 0))
+    distributed.init(torch.device("cpu"))
+    assert got == ["cpu:gloo,cuda:nccl", "gloo"]
+
+
+def test_more_processes_than_gpus_stop_in_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SystemExit, match=r"^train: 2 processes on this node but 1 GPU\(s\) visible: .*at most 1$"):
+        distributed.check_devices(torch.device("cuda"), 2)
+    distributed.check_devices(torch.device("cuda"), 1)
+    distributed.check_devices(torch.device("cpu"), 8)          # CPU ranks share the cores (threads split)
+
+
+def test_ranks_that_disagree_stop_every_rank_naming_the_odd_one(monkeypatch):
+    monkeypatch.setattr(distributed, "gather", lambda v, w: ["ab12", "ab12", "cd34"])
+    with pytest.raises(SystemExit, match="rank 2's run fingerprint is cd34, rank 0's is ab12"):
+        distributed.agree("ab12", "run fingerprint", World(0, 3))
+    monkeypatch.setattr(distributed, "gather", lambda v, w: ["ab12"] * 3)
+    distributed.agree("ab12", "run fingerprint", World(0, 3))
 
 
 def test_torchrun_argv_runs_the_module_standalone():
@@ -83,3 +137,71 @@ def test_dvc_repro_runs_the_train_stage_under_torchrun_and_only_rank_0_logs(tmp_
     assert "Data and pipelines are up to date" in run(["dvc", "repro", "train@gender"], repo)
     p = subprocess.run(["dvc", "status", "train@gender"], cwd=repo, env=venv_env(), capture_output=True, text=True)
     assert p.returncode == 0 and "up to date" in p.stdout and "changed" not in p.stdout, p.stdout + p.stderr
+
+
+def _nodes(tmp_path, out, env: dict | None = None, env_b: dict | None = None) -> list[subprocess.Popen]:
+    """Two torchrun agents of one process each, as two nodes: own working folders, c10d rendezvous on
+    127.0.0.1 (the first agent to bind hosts the store), checkpoints on each node's own disk."""
+    port, helper, procs = free_port(), str(ROOT / "tests/ddp_fit.py"), []
+    for node, extra in (("a", env or {}), ("b", {**(env or {}), **(env_b or {})})):
+        cwd = tmp_path / f"node-{node}"
+        cwd.mkdir(exist_ok=True)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=faces-test",
+               "--local-addr=127.0.0.1", "--max-restarts=0", helper, str(out), "course"]
+        procs.append(subprocess.Popen(cmd, cwd=cwd, env={**venv_env(), "DDP_FIT_CHECKPOINT": "1", **extra}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, start_new_session=True))
+    return procs
+
+
+def _finish(procs, timeout=120) -> list[tuple[int, str]]:
+    """(return code, output) of each node; a run that hangs (ranks out of step) is killed and fails."""
+    try:
+        return [(p.wait(timeout=timeout), p.stdout.read()) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        subprocess.run(["pkill", "-9", "-f", "tests/ddp_fit.py"], check=False)   # the workers, in their own sessions
+
+
+@pytest.mark.slow
+def test_two_nodes_on_loopback_killed_and_resumed_train_what_one_node_trains(tmp_path):
+    """Two nodes (one process each) train the course network; both are killed after epoch 3 (the
+    checkpoint then holds epoch 2, on the disk of whichever node had rank 0), restarted, and finish.
+    The other node's disk has no checkpoint: it resumes from the one its peer sends, so the weights
+    equal an uninterrupted one-process run's (to the all-reduce's float rounding)."""
+    run([sys.executable, str(ROOT / "tests/ddp_fit.py"), str(tmp_path / "one"), "course"], ROOT)
+    out = tmp_path / "two"
+    procs = _nodes(tmp_path, out, {"DDP_FIT_PAUSE": "3"})
+    for p in procs:                                    # the pause is rank 0's; both nodes must be up
+        assert p.poll() is None
+    deadline = time.monotonic() + 180
+    while not (out / "paused").exists():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), _finish(procs, 5)
+        time.sleep(0.2)
+    for pid in [p.pid for p in procs] + [int((out / f"pid-{r}").read_text()) for r in (0, 1)]:
+        os.killpg(pid, signal.SIGKILL)                 # a node lost: its agent and its worker
+    _finish(procs)
+    held = [d.name for d in (tmp_path / "node-a", tmp_path / "node-b") if (d / "course.ck.pt").exists()]
+    assert len(held) == 1, held                        # rank 0's node alone wrote one
+    assert torch.load(tmp_path / held[0] / "course.ck.pt", weights_only=True)["state"]["epoch"] == 2
+    (out / "ran.txt").write_text("")
+    results = _finish(_nodes(tmp_path, out))
+    assert [rc for rc, _ in results] == [0, 0], results
+    assert (out / "ran.txt").read_text().split() == ["3", "4"]    # resumed, not started over
+    one, two = (torch.load(d / "course.pt", weights_only=True) for d in (tmp_path / "one", out))
+    assert two["world"] == 2 and len(two["history"]) == 4
+    for k, v in one["state"].items():
+        torch.testing.assert_close(two["state"][k], v, rtol=0, atol=1e-5)
+    assert [h["train_loss"] for h in two["history"]] == pytest.approx([h["train_loss"] for h in one["history"]],
+                                                                     rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_node_with_other_params_stops_both_nodes_in_one_line(tmp_path):
+    results = _finish(_nodes(tmp_path, tmp_path / "out", env_b={"DDP_FIT_LR": "0.02"}))
+    assert all(rc != 0 for rc, _ in results), results
+    for _, log in results:
+        assert "run fingerprint (params, data, code, precision) is" in log and "every node must run the same" in log
