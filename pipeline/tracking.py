@@ -220,33 +220,26 @@ def register_and_promote(model_uri: str, name: str, metric: str, value: float,
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    champ = _alias_version(client, name)
-    same = _version_with_weights(client, name, weights_sha256) if weights_sha256 else None
-    if same is not None:                  # these weights are registered already: no copy, no new comparison
-        return {"model": name, "version": int(same.version), metric: round(value, 6),
-                "champion_version": None if champ is None else int(champ.version), "champion_rescored": None,
-                "promoted": False, "registered": False}
-    version = mlflow.register_model(model_uri, name).version
-    if description:                       # the registered model's page in the MLflow UI shows the model card
-        client.update_registered_model(name, description=fit_description(description))
     active = mlflow.active_run()
     run_id = _CONTINUED.get() or (active.info.run_id if active is not None else None)
-    if run_id is not None:                # the run that trained it (MLflow 3 registers a LoggedModel)
-        client.set_model_version_tag(name, version, "run_id", run_id)
-    client.set_model_version_tag(name, version, f"test_{metric}", f"{value:.6f}")
-    client.set_model_version_tag(name, version, "data_hash", data_hash())
-    if weights_sha256:
-        client.set_model_version_tag(name, version, "weights_sha256", weights_sha256)
-    # read the champion, compare, move the alias: one at a time per model name, so that two runs
-    # promoting at once cannot both win (the second compares against the first's result)
-    with promotion_lock(client, name, holder=run_id or model_uri):
+    # check for a copy, register, read the champion, compare, move the alias: one promotion at a time
+    # per model name, so that two runs promoting at once cannot both win (the second compares against
+    # the first's result) nor both register the same weights
+    with promotion_lock(client, name, holder=run_id or model_uri) as lease:
         champ = _alias_version(client, name)
+        same = _version_with_weights(client, name, weights_sha256) if weights_sha256 else None
+        if same is not None:              # these weights are registered already: no copy, no new comparison
+            return {"model": name, "version": int(same.version), metric: round(value, 6),
+                    "champion_version": None if champ is None else int(champ.version), "champion_rescored": None,
+                    "promoted": False, "registered": False}
+        version = _register(client, model_uri, name, run_id, metric, value, weights_sha256, description)
         champ_value = None
         if champ is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 champ_value = score_champion(Path(_download(champ, name, "bundle/model.pt", Path(tmp))[1]))
         promoted = promote and beats(value, champ_value)
         if promoted:
+            lease.check()                 # still ours (not broken while re-scoring): only then move it
             client.set_registered_model_alias(name, ALIAS, version)
     if promoted:
         if run_id is not None:            # the champion is marked on its run too (the runs view shows tags)
@@ -260,6 +253,23 @@ def register_and_promote(model_uri: str, name: str, metric: str, value: float,
             "promoted": bool(promoted), "registered": True}
 
 
+def _register(client, model_uri: str, name: str, run_id: str | None, metric: str, value: float,
+              weights_sha256: str | None, description: str | None) -> str:
+    """A new version of `name` from the logged model, tagged with what the registry page shows -> it."""
+    import mlflow
+
+    version = mlflow.register_model(model_uri, name).version
+    if description:                       # the registered model's page in the MLflow UI shows the model card
+        client.update_registered_model(name, description=fit_description(description))
+    if run_id is not None:                # the run that trained it (MLflow 3 registers a LoggedModel)
+        client.set_model_version_tag(name, version, "run_id", run_id)
+    client.set_model_version_tag(name, version, f"test_{metric}", f"{value:.6f}")
+    client.set_model_version_tag(name, version, "data_hash", data_hash())
+    if weights_sha256:
+        client.set_model_version_tag(name, version, "weights_sha256", weights_sha256)
+    return version
+
+
 def _alias_version(client, name: str):
     """The version `name@champion` points at, or None."""
     from mlflow.exceptions import MlflowException
@@ -270,48 +280,48 @@ def _alias_version(client, name: str):
         return None
 
 
-LOCK_SUFFIX = ".promotion-lock"
+LEASE_INFIX = ".promotion-lease."
 
 
-@contextlib.contextmanager
-def promotion_lock(client, name: str, holder: str, wait_s: float = 600, stale_s: float = 900) -> Iterator[None]:
-    """A mutex per registered model, made of the registry's own compare-and-set: creating a registered
-    model is atomic in the tracking store (a unique name), so of several clients creating
-    `<name>.promotion-lock` exactly one succeeds; the others retry until it is deleted. A lock older
-    than `stale_s` (its holder was killed) is broken. Works the same on sqlite and on a tracking server."""
-    import random
+class _Registry:
+    """pipeline/core/lease.py's Store on the model registry: a lease key is a registered model (its
+    name is unique in the tracking store: creating it is the atomic step), its holder a tag."""
 
-    from mlflow.exceptions import MlflowException
+    def __init__(self, client) -> None:
+        self.client = client
 
-    lock, deadline = name + LOCK_SUFFIX, time.monotonic() + wait_s
-    while True:
+    def create(self, key: str, holder: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
         try:
-            client.create_registered_model(lock, tags={"holder": holder, "since": f"{time.time():.3f}"},
-                                           description=f"promotion of {name} in progress (pipeline/tracking.py)")
-            break
+            self.client.create_registered_model(key, tags={"holder": holder},
+                                                description="a promotion in progress (pipeline/core/lease.py)")
+            return True
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        _break_stale(client, lock, stale_s)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{lock} is held (another promotion); waited {wait_s:.0f} s")
-        time.sleep(0.1 + random.random() * 0.2)
-    try:
-        yield
-    finally:
-        client.delete_registered_model(lock)
+            return False
+
+    def holders(self, prefix: str) -> dict[str, str]:
+        like = prefix.replace("'", "")                        # names are ours; LIKE's _ and % filtered below
+        found = self.client.search_registered_models(filter_string=f"name LIKE '{like}%'", max_results=100)
+        return {m.name: m.tags.get("holder", "") for m in found if m.name.startswith(prefix)}
+
+    def delete(self, key: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.delete_registered_model(key)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
 
 
-def _break_stale(client, lock: str, stale_s: float) -> None:
-    from mlflow.exceptions import MlflowException
+def promotion_lock(client, name: str, holder: str, wait_s: float = 1200, stale_s: float = 900):
+    """One promotion of `name` at a time, on sqlite as on a tracking server (pipeline/core/lease.py)."""
+    from pipeline.core.lease import lease
 
-    try:
-        since = float(client.get_registered_model(lock).tags.get("since", "inf"))
-        if time.time() - since > stale_s:
-            warnings.warn(f"breaking {lock}: held for {time.time() - since:.0f} s (its holder died?)", stacklevel=3)
-            client.delete_registered_model(lock)
-    except MlflowException:
-        pass                              # released meanwhile
+    return lease(_Registry(client), name + LEASE_INFIX, holder, wait_s=wait_s, stale_s=stale_s)
 
 
 def _version_with_weights(client, name: str, sha256: str):

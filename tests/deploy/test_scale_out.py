@@ -5,14 +5,18 @@ import contextlib
 import json
 import subprocess
 import threading
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import ROOT, TINY, copy_repo, free_port, run
 
-MODEL = "race-rating"        # not a name the pipeline registers: the server is shared with the pipeline test
+
+@pytest.fixture
+def model(tmp_path) -> str:
+    """A registered-model name of this test's own: the server is shared by the module's tests."""
+    return f"race-{tmp_path.name[-12:]}"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +41,7 @@ def _params(tmp_path: Path):
     return dataclasses.replace(p, tracking=dataclasses.replace(p.tracking, uri=f"sqlite:///{tmp_path}/m.db"))
 
 
-def _promote_at_once(params, tmp_path: Path) -> dict[float, dict]:
+def _promote_at_once(params, tmp_path: Path, model: str) -> dict[float, dict]:
     """A champion of metric 0.5, then 0.9 and 0.7 registering and promoting at once, ordered by events,
     not by sleeps: 0.7 reads the champion first and holds its decision until 0.9 has finished (or 5 s
     have passed); 0.9 re-scores only after 0.7 has read. Without a lock 0.9 promotes inside 0.7's window
@@ -69,7 +73,7 @@ def _promote_at_once(params, tmp_path: Path) -> dict[float, dict]:
             return value
 
         try:
-            return tracking.register_and_promote(uri, MODEL, "pearson", metric, rescore)
+            return tracking.register_and_promote(uri, model, "pearson", metric, rescore)
         finally:
             if metric == 0.9:
                 first_done.set()
@@ -84,15 +88,15 @@ def _promote_at_once(params, tmp_path: Path) -> dict[float, dict]:
     return out
 
 
-def _champion_metric() -> float:
+def _champion_metric(model: str) -> float:
     from mlflow import MlflowClient
 
-    return float(MlflowClient().get_model_version_by_alias(MODEL, "champion").tags["test_pearson"])
+    return float(MlflowClient().get_model_version_by_alias(model, "champion").tags["test_pearson"])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "server"])
-def test_two_promotions_at_once_cannot_both_win(backend, request, tmp_path, monkeypatch):
+def test_two_promotions_at_once_cannot_both_win(backend, request, tmp_path, monkeypatch, model):
     """Without a lock 0.7 moves the alias last, having compared itself with the old champion (0.5) - the
     next test shows that. With the lock the second compares with the first's result, and 0.9 is the
     champion whichever runs first."""
@@ -100,27 +104,34 @@ def test_two_promotions_at_once_cannot_both_win(backend, request, tmp_path, monk
         monkeypatch.setenv("MLFLOW_TRACKING_URI", request.getfixturevalue("stack").tracking_uri)
     else:
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    out = _promote_at_once(_params(tmp_path), tmp_path)
+    out = _promote_at_once(_params(tmp_path), tmp_path, model)
     assert set(out) == {0.9, 0.7} and out[0.9]["promoted"]
-    assert _champion_metric() == 0.9
+    assert _champion_metric(model) == 0.9
     from mlflow import MlflowClient
 
     names = [m.name for m in MlflowClient().search_registered_models()]
-    assert MODEL in names and not [n for n in names if n.endswith(".promotion-lock")]   # released
+    assert model in names and not [n for n in names if ".promotion-lease." in n]   # released
 
 
 @pytest.mark.slow
-def test_without_the_lock_the_worse_model_wins_the_race(tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", ["sqlite", "server"])
+def test_without_the_lock_the_worse_model_wins_the_race(backend, request, tmp_path, monkeypatch, model):
     from pipeline import tracking
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setattr(tracking, "promotion_lock", lambda *a, **k: contextlib.nullcontext())
-    out = _promote_at_once(_params(tmp_path), tmp_path)
+    if backend == "server":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", request.getfixturevalue("stack").tracking_uri)
+    else:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    no_lease = SimpleNamespace(check=lambda: None)
+    monkeypatch.setattr(tracking, "promotion_lock", lambda *a, **k: contextlib.nullcontext(no_lease))
+    out = _promote_at_once(_params(tmp_path), tmp_path, model)
     assert out[0.9]["promoted"] and out[0.7]["promoted"]          # both "won"
-    assert _champion_metric() == 0.7                                 # and the worse one holds the alias
+    assert _champion_metric(model) == 0.7                                 # and the worse one holds the alias
 
 
-def test_a_stale_lock_is_broken_and_a_held_one_times_out(tmp_path, monkeypatch):
+def test_the_registry_lease_breaks_a_dead_holder_and_keeps_one_key(tmp_path, monkeypatch):
+    """pipeline/core/lease.py on the registry (sqlite): the take, break, cleanup and owner-checked
+    release reach the store as core/test_lease.py scripts them."""
     from mlflow import MlflowClient
 
     from pipeline import tracking
@@ -128,13 +139,14 @@ def test_a_stale_lock_is_broken_and_a_held_one_times_out(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tracking.setup(_params(tmp_path))
     client = MlflowClient()
-    with tracking.promotion_lock(client, "m", holder="a"), pytest.raises(TimeoutError), \
-            tracking.promotion_lock(client, "m", holder="b", wait_s=0.5):
-        pass
-    client.create_registered_model("m.promotion-lock", tags={"holder": "killed", "since": str(time.time() - 3600)})
-    with pytest.warns(UserWarning, match="breaking m.promotion-lock"), \
-            tracking.promotion_lock(client, "m", holder="c", stale_s=60):
-        assert client.get_registered_model("m.promotion-lock").tags["holder"] == "c"
+    dead = "m" + tracking.LEASE_INFIX + "000000004"
+    client.create_registered_model(dead, tags={"holder": "killed/1"})
+    with pytest.warns(UserWarning, match=f"breaking {dead} held by killed/1"), \
+            tracking.promotion_lock(client, "m", holder="c", wait_s=3, stale_s=0.5) as held:
+        keys = tracking._Registry(client).holders("m" + tracking.LEASE_INFIX)
+        assert list(keys) == ["m" + tracking.LEASE_INFIX + "000000005"] and keys[held.key].startswith("c/")
+        held.check()
+    assert tracking._Registry(client).holders("m" + tracking.LEASE_INFIX) == {}
 
 
 @pytest.mark.slow
