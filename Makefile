@@ -38,7 +38,7 @@ K8S := $(K8S_VENV)/bin/kubernetes-validate
 KUBERNETES_VALIDATE := 1.37.0
 tag = $(shell $(BIN)/python -c 'import json; print(json.load(open("$(SERVING)"))["$(1)"]["tag"])')
 
-.PHONY: help install repro test lint compare ui serve release build docker-context container-test compose-test push pull tracking-server k8s-tools bench bench-train bench-ddp estimate gpu-train hardening faces pictures st lock clean
+.PHONY: help install repro test lint compare ui serve release build docker-context container-test compose-test rollout k8s-image push pull tracking-server k8s-tools bench bench-train bench-ddp estimate gpu-train hardening faces pictures st lock clean
 help:  ## this list
 	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):.*## /  make \1\t/' | expand -t 24
 
@@ -75,14 +75,22 @@ pull: install  ## a second machine: `dvc pull`, then the champions' archives int
 tracking-server: install  ## S3 API + PostgreSQL + mlflow server on loopback (deploy/stack.py); prints the env to export
 	python deploy/stack.py
 
-k8s-tools: $(K8S)  ## kubernetes-validate in .venv-k8s (tests/deploy/test_deploy.py validates deploy/k8s with it)
+k8s-tools: $(K8S)  ## kubernetes-validate in .venv-k8s (tests/deploy/test_deploy.py validates both overlays of deploy/k8s with it)
 
 $(K8S):
 	$(PYTHON) -m venv $(K8S_VENV)
 	$(K8S_VENV)/bin/pip install -q --disable-pip-version-check kubernetes-validate==$(KUBERNETES_VALIDATE)
 
-compose-test: install  ## 2 replicas of the image behind HAProxy (deploy/compose.yaml), one stopped mid-load
+compose-test: install  ## the image pushed to a loopback registry, 2 replicas by digest behind HAProxy, one stopped mid-load, 503s not retried
 	bash deploy/compose-test.sh
+
+OVERLAY ?= cpu
+rollout: install  ## REGISTRY=host/team [OVERLAY=cpu|gpu]: the champions' image built, pushed, its digest pinned in deploy/k8s/OVERLAY (deploy/rollout.py)
+	@test -n "$(REGISTRY)" || { echo "usage: make rollout REGISTRY=registry.example.com/team [OVERLAY=gpu]"; exit 1; }
+	python deploy/rollout.py --registry $(REGISTRY) --overlay $(OVERLAY)
+
+k8s-image: install  ## IMAGE=name@sha256:... [OVERLAY=cpu|gpu]: pin an image you pushed yourself in deploy/k8s/OVERLAY (tags refused)
+	python deploy/rollout.py --set "$(IMAGE)" --overlay $(OVERLAY)
 
 bench-ddp: install  ## training samples/s and wall time, 1 vs train.nproc=2 processes, same global batch (bench/ddp.py)
 	python bench/ddp.py

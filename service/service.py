@@ -48,7 +48,7 @@ from service.guard import EarlyShed, UploadGuard
 from service.limits import check_models, guard_routes
 from service.logs import ClientErrorFilter
 from service.openapi import DocsAnswers
-from service.settings import RESOURCES, TIMEOUT_S, WORKERS
+from service.settings import RESOURCES, THREADS, TIMEOUT_S, WORKERS
 
 EXAMPLE_INPUT = Path(__file__).parent / "example.jpg"
 GENDER_TAG = os.environ.get("FACES_GENDER_MODEL", "faces-gender:latest")
@@ -242,7 +242,7 @@ class Faces:
             # CUDA when present; precision and memory format as evaluate scored them (the stored
             # policy, resolved here); each worker gets its share of the cores
             self.models[task], self.policy = serving_model(ref.path_of("model.pt"), task, CONTRACT.execution,
-                                                           workers=WORKERS)
+                                                           workers=WORKERS, threads=THREADS)
             self.versions[f"{task}_version"] = ref.info.labels.get("mlflow_version", str(ref.tag.version))
         labels = [ref.info.labels for ref in (self.gender_ref, self.rating_ref)]
         self.versions["source"] = "/".join(sorted({lb.get("source", "unknown") for lb in labels}))

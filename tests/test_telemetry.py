@@ -31,7 +31,7 @@ def test_ci_sources_the_list():
 def test_the_image_and_the_deployments_set_the_serving_switches_to_the_same_values():
     docker = dict(re.findall(r"^\s+([A-Z_]+)=(\S+?)\s*\\?$", (ROOT / "Dockerfile").read_text(), re.M))
     compose = yaml.safe_load((ROOT / "deploy/compose.yaml").read_text())
-    k8s = yaml.safe_load((ROOT / "deploy/k8s/deployment.yaml").read_text())
+    k8s = yaml.safe_load((ROOT / "deploy/k8s/base/deployment.yaml").read_text())
     carriers = {"Dockerfile": docker,
                 "compose": {k: str(v) for s in compose["services"].values() for k, v in (s.get("environment") or {}).items()},
                 "k8s": {e["name"]: e.get("value") for c in k8s["spec"]["template"]["spec"]["containers"] for e in c["env"]}}

@@ -99,10 +99,32 @@ def select_device(pref: str) -> torch.device:
     return torch.device("cpu")
 
 
+def available_cpus(root: str = "/sys/fs/cgroup") -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a container's
+    `--cpus`, a pod's CPU limit). os.cpu_count() is the node's count, which in a pod on a 64-core node
+    would start 64 threads on a 2-core quota: all of them throttled."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for path, parse in ((f"{root}/cpu.max", lambda t: t.split()),                       # cgroup v2
+                        (f"{root}/cpu/cpu.cfs_quota_us", lambda t: [t.strip(), _read(f"{root}/cpu/cpu.cfs_period_us")])):
+        try:
+            quota, period = parse(_read(path))
+        except (OSError, ValueError):
+            continue
+        if quota not in ("max", "-1") and int(period) > 0:
+            return max(1, min(cpus, -(-int(quota) // int(period))))
+        break
+    return cpus
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 def cpu_threads(threads: int = 0, workers: int = 1) -> int:
-    """0 -> this process's share of the cores: all of them, or cores / workers for a server whose
-    worker processes each run a model (more would oversubscribe the cores)."""
-    return threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    """0 -> this process's share of the cores it may use: all of them, or cores / workers for a server
+    whose worker processes each run a model (more would oversubscribe the cores)."""
+    return threads or max(1, available_cpus() // max(1, workers))
 
 
 def resolve(execution: Execution, device: torch.device, threads: int = 0, workers: int = 1) -> Policy:

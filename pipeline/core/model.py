@@ -226,13 +226,13 @@ def inference_model(net: nn.Module, task: str, policy: Policy) -> TaskModel:
 
 
 def serving_model(path, task: str, execution: Execution | None = None, device: str = "auto",
-                  workers: int = 1) -> tuple[TaskModel, Policy]:
+                  workers: int = 1, threads: int = 0) -> tuple[TaskModel, Policy]:
     """A weights bundle -> its task's inference model and the policy it runs under on this machine.
 
     The one loader of evaluate and the service: `execution` is the bundle's own unless given (the
     service passes what package stored in the BentoML metadata, which is copied from the bundle);
-    `workers` divides the cores between server processes."""
+    `workers` divides the cores between server processes; `threads` (> 0) says how many are this one's."""
     net, bundle = load_bundle(path)
     execution = execution or Execution.from_bundle(bundle.get("execution"))
-    policy = resolve(execution, select_device(device), workers=workers)
+    policy = resolve(execution, select_device(device), threads=threads, workers=workers)
     return inference_model(net, task, policy), policy

@@ -130,3 +130,20 @@ def test_under_bf16_the_rating_keeps_float32_resolution():
     got = predict(inference_model(net, "rating", bf16), photos, policy=bf16)
     as_bf16 = torch.tensor(got).to(torch.bfloat16).double().numpy()
     assert (got != as_bf16).mean() > 0.9
+
+
+@pytest.mark.parametrize(("files", "want"), [
+    ({"cpu.max": "150000 100000\n"}, 2),                     # cgroup v2: 1.5 CPUs -> 2 threads
+    ({"cpu.max": "max 100000\n"}, None),                     # no quota: the affinity's count
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),   # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),
+])
+def test_available_cpus_follow_the_cgroup_quota_not_the_nodes_core_count(tmp_path, files, want):
+    from pipeline.core.execution import available_cpus
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    mine = len(os.sched_getaffinity(0))
+    assert available_cpus(str(tmp_path)) == (min(want, mine) if want else mine)
