@@ -38,7 +38,7 @@ K8S := $(K8S_VENV)/bin/kubernetes-validate
 KUBERNETES_VALIDATE := 1.37.0
 tag = $(shell $(BIN)/python -c 'import json; print(json.load(open("$(SERVING)"))["$(1)"]["tag"])')
 
-.PHONY: help install repro test lint compare ui serve release build docker-context container-test compose-test rollout k8s-image push pull tracking-server k8s-tools bench bench-train bench-ddp estimate gpu-train hardening faces pictures st lock clean
+.PHONY: help install repro test lint compare ui serve release build docker-context container-test compose-test rollout k8s-image push pull tracking-server k8s-tools bench bench-train bench-ddp estimate gpu-train gpu-check hardening faces pictures st lock clean
 help:  ## this list
 	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):.*## /  make \1\t/' | expand -t 24
 
@@ -64,6 +64,9 @@ estimate: install  ## PROFILE under SEEDS (own split + init each, refit off): me
 gpu-train: install  ## profiles/scut-gpu.yaml (one GPU; 10 min budget, not yet measured): its models as a release (BentoML archives, metrics) -> GPU_OUT
 	python -m pipeline.cli.profile --profile scut-gpu --data '$(or $(DATA),../shared/data/facescore)' $(foreach s,$(SET),--set '$(s)')
 	python -m pipeline.cli.release --out '$(GPU_OUT)'
+
+gpu-check: install  ## on a lent GPU (<= 8 min): CUDA training of both nets, DDP over gloo+NCCL via torchrun, the GPU profile's epochs timed, bf16/TF32, export served on CPU -> reports/gpu-check.json; DRY=1 on the CPU
+	python bench/gpu_check.py $(if $(DRY),--dry-run)
 
 push: install  ## the DVC cache (data, models, BentoML archives) to the remote in .dvc/config (S3; keys from the env)
 	dvc push

@@ -6,17 +6,25 @@
 Starts, each in its own process group:
 - an S3-compatible endpoint: moto's server (what the tests use; MinIO or AWS S3 in production), with
   the buckets `faces-dvc` (the DVC remote) and `faces-mlflow` (MLflow's artifact store);
-- PostgreSQL (Debian's packages) in `<dir>/pg`, database `mlflow`, trust auth on 127.0.0.1 only;
-- `mlflow server` with the PostgreSQL backend and `--artifacts-destination s3://faces-mlflow`: clients
-  log artifacts through the server (`mlflow-artifacts:`), so they need no S3 credentials.
-Prints the environment a stage needs (MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL, ...) and stops
-everything on Ctrl-C. The tests import `Stack` for the same services.
+- PostgreSQL (Debian's packages) in `<dir>/pg` on 127.0.0.1, password (SCRAM) auth for every
+  connection; the `mlflow` role is no superuser: it may log in and owns its two databases (`mlflow`,
+  the tracking and registry store; `mlflow_auth`, the server's users), nothing else;
+- `mlflow server --app-name basic-auth` with the PostgreSQL backend and `--artifacts-destination
+  s3://faces-mlflow`: every request needs a user and password (a request without them gets 401), and
+  clients log artifacts through the server (`mlflow-artifacts:`), so they need no S3 credentials.
+  The `admin` user creates a `pipeline` user, which the stages use: it may create experiments and
+  models (and manage what it created) and read the rest, but it cannot manage users.
+The passwords are drawn at the first start and kept in `<dir>/secrets.json` (mode 0600). Prints the
+environment a stage needs (MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME/PASSWORD, AWS_ENDPOINT_URL,
+...) and stops everything on Ctrl-C. The tests import `Stack` for the same services.
 """
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -62,6 +70,7 @@ class Stack:
     pg_port: int
     mlflow_port: int
     procs: list[subprocess.Popen] = field(default_factory=list)
+    passwords: dict[str, str] = field(default_factory=dict)
 
     @property
     def s3_url(self) -> str:
@@ -71,13 +80,23 @@ class Stack:
     def tracking_uri(self) -> str:
         return f"http://127.0.0.1:{self.mlflow_port}"
 
-    @property
-    def db_uri(self) -> str:
-        return f"postgresql+psycopg2://mlflow@127.0.0.1:{self.pg_port}/mlflow"   # SQLAlchemy 2.1's default is psycopg 3
+    def db_uri(self, db: str = "mlflow") -> str:     # psycopg2: SQLAlchemy 2.1's default is psycopg 3
+        return f"postgresql+psycopg2://mlflow:{self.passwords['pg-mlflow']}@127.0.0.1:{self.pg_port}/{db}"
 
-    def env(self) -> dict[str, str]:
-        """What a stage or `dvc push` needs to use these services."""
-        return {"MLFLOW_TRACKING_URI": self.tracking_uri, "AWS_ENDPOINT_URL": self.s3_url, **S3_KEYS}
+    def env(self, user: str = "pipeline") -> dict[str, str]:
+        """What a stage or `dvc push` needs to use these services (as `user`: pipeline or admin)."""
+        return {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_TRACKING_USERNAME": user,
+                "MLFLOW_TRACKING_PASSWORD": self.passwords[f"mlflow-{user}"], "AWS_ENDPOINT_URL": self.s3_url, **S3_KEYS}
+
+    def _secrets(self) -> None:
+        """The passwords of this stack's folder: drawn once, then read back (0600, never in the repo)."""
+        path = self.root / "secrets.json"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({k: secrets.token_urlsafe(18) for k in ("pg-admin", "pg-mlflow", "mlflow-admin",
+                                                                  "mlflow-pipeline")}, f)
+        self.passwords = json.loads(path.read_text())
 
     def _spawn(self, cmd: list[str], log: str, env: dict | None = None, user: str | None = None):
         if user:                                      # postgres refuses to run as root
@@ -103,12 +122,22 @@ class Stack:
         # as root the server runs as Debian's `postgres` user, which must reach its folder: not under a
         # root-only one (pytest's tmp), so then it lives in /tmp/faces-pg-<port>
         data = Path(f"/tmp/faces-pg-{self.pg_port}") if user else self.root / "pg"
+        if (data / "PG_VERSION").is_file() and not (data / "faces-scram").is_file():
+            raise SystemExit(f"{data} was made by an older stack.py with trust auth: delete it to start over")
         if not (data / "PG_VERSION").is_file():
             data.mkdir(parents=True, exist_ok=True)
+            pwfile = data.parent / f".{data.name}.pw"
+            pwfile.write_text(self.passwords["pg-admin"] + "\n")
             if user:
                 shutil.chown(data, user)
-            cmd = [pg_bin("initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust", "-E", "UTF8"]
-            subprocess.run(["runuser", "-u", user, "--", *cmd] if user else cmd, check=True, capture_output=True)
+                shutil.chown(pwfile, user)
+            cmd = [pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=scram-sha-256",
+                   f"--pwfile={pwfile}", "-E", "UTF8"]
+            try:
+                subprocess.run(["runuser", "-u", user, "--", *cmd] if user else cmd, check=True, capture_output=True)
+            finally:
+                pwfile.unlink()
+            (data / "faces-scram").touch()
         p = self._spawn([pg_bin("postgres"), "-D", str(data), "-p", str(self.pg_port), "-k", str(data),
                          "-c", "listen_addresses=127.0.0.1"], "pg.log", user=user)
         import psycopg2
@@ -116,29 +145,57 @@ class Stack:
         deadline = time.monotonic() + 60
         while True:
             try:
-                conn = psycopg2.connect(host="127.0.0.1", port=self.pg_port, user="mlflow", dbname="postgres")
+                conn = psycopg2.connect(host="127.0.0.1", port=self.pg_port, user="postgres", dbname="postgres",
+                                        password=self.passwords["pg-admin"])
                 break
             except psycopg2.OperationalError:
                 if p.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"postgres did not start: {(self.root / 'pg.log').read_text()[-800:]}") from None
                 time.sleep(0.3)
         conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = 'mlflow'")
-            if cur.fetchone() is None:
-                cur.execute("CREATE DATABASE mlflow")
+        with conn.cursor() as cur:          # the role MLflow uses: log in, own its databases, nothing more
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'mlflow'")
+            verb = "ALTER" if cur.fetchone() else "CREATE"
+            cur.execute(f"{verb} ROLE mlflow LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS "
+                        "PASSWORD %s", (self.passwords["pg-mlflow"],))
+            for db in ("mlflow", "mlflow_auth"):
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
+                if cur.fetchone() is None:
+                    cur.execute(f"CREATE DATABASE {db} OWNER mlflow")
+            cur.execute("REVOKE CONNECT ON DATABASE postgres FROM PUBLIC")
         conn.close()
 
     def start_mlflow(self) -> None:
+        auth = self.root / "basic_auth.ini"         # MLflow's basic-auth app; users in PostgreSQL
+        auth.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {self.db_uri('mlflow_auth')}\n"
+                        "admin_username = admin\n"
+                        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        auth.chmod(0o600)
         env = {"MLFLOW_S3_ENDPOINT_URL": self.s3_url, **S3_KEYS, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-               "MLFLOW_DISABLE_TELEMETRY": "true"}
-        p = self._spawn([str(BIN / "mlflow"), "server", "--backend-store-uri", self.db_uri,
-                         "--artifacts-destination", "s3://faces-mlflow/artifacts", "--host", "127.0.0.1",
-                         "--port", str(self.mlflow_port), "--workers", "2"], "mlflow.log", env)
+               "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_AUTH_CONFIG_PATH": str(auth),
+               "MLFLOW_AUTH_ADMIN_PASSWORD": self.passwords["mlflow-admin"],
+               "MLFLOW_FLASK_SERVER_SECRET_KEY": self.passwords["mlflow-admin"] + "-csrf"}
+        p = self._spawn([str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--backend-store-uri",
+                         self.db_uri(), "--artifacts-destination", "s3://faces-mlflow/artifacts", "--host",
+                         "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "2"], "mlflow.log", env)
         _wait(f"{self.tracking_uri}/health", 120, p)
+        self._pipeline_user()
+
+    def _pipeline_user(self) -> None:
+        """The stages' user (not an admin), created by the admin once."""
+        import requests
+
+        base, admin = self.tracking_uri, ("admin", self.passwords["mlflow-admin"])
+        r = requests.get(f"{base}/api/2.0/mlflow/users/get", params={"username": "pipeline"}, auth=admin, timeout=30)
+        if r.status_code == 200:
+            return
+        r = requests.post(f"{base}/api/2.0/mlflow/users/create", auth=admin, timeout=30,
+                          json={"username": "pipeline", "password": self.passwords["mlflow-pipeline"]})
+        r.raise_for_status()
 
     def start(self) -> Stack:
         self.root.mkdir(parents=True, exist_ok=True)
+        self._secrets()
         try:
             self.start_s3()
             self.start_postgres()
@@ -173,6 +230,7 @@ def main() -> None:
         print("tracking server up; in another shell:")
         for k, v in stack.env().items():
             print(f"  export {k}={v}")
+        print(f"(the admin's password: {args.dir}/secrets.json)")
         print(f"  make repro    # runs log to {stack.tracking_uri}, artifacts in s3://faces-mlflow")
         print("  make push     # the DVC cache to s3://faces-dvc (the remote in .dvc/config)")
         print(f"logs: {args.dir}/*.log; Ctrl-C stops")

@@ -7,7 +7,8 @@ process or under torchrun; rank 0 saves the final weights and history to argv[1]
 With DDP_FIT_CHECKPOINT set, each rank checkpoints to `<its working folder>/<ARCH>.ck.pt` (a node's own
 disk), writes its pid to OUT/pid-RANK, and rank 0 appends every epoch it runs to OUT/ran.txt; with DDP_FIT_PAUSE=N rank 0 writes
 OUT/paused and sleeps after reporting epoch N (before that epoch's checkpoint), to be killed there.
-DDP_FIT_LR overrides the learning rate (a node with other params).
+DDP_FIT_LR overrides the learning rate (a node with other params); DDP_FIT_DEVICE=cuda trains
+on the rank's GPU (bench/gpu_check.py).
 """
 import dataclasses
 import os
@@ -56,12 +57,17 @@ def _ran(out: Path, record: dict) -> None:
 def main() -> None:
     out = Path(sys.argv[1])
     torch.set_num_threads(1)
-    w = distributed.init(torch.device("cpu"))
+    device = torch.device("cpu")
+    if os.environ.get("DDP_FIT_DEVICE") == "cuda":       # bench/gpu_check.py on >= 2 GPUs: one per rank
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False   # fp32 as on the CPU
+    w = distributed.init(device)
     if os.environ.get("DDP_FIT_CHECKPOINT"):          # torchrun starts workers in their own sessions: the test kills these
         out.mkdir(parents=True, exist_ok=True)
         (out / f"pid-{w.rank}").write_text(str(os.getpid()))
     base = load_params(ROOT / "params.yaml").train.rating
-    policy = resolve(Execution("fp32", False), torch.device("cpu"), threads=1)   # fp32: no bf16 rounding noise
+    policy = resolve(Execution("fp32", False), device, threads=1)   # fp32: no bf16 rounding noise
     for arch in sys.argv[2:]:
         # no dropout: its masks are drawn per rank; augmentation stays on (drawn for the global batch)
         cfg = dataclasses.replace(base, arch=arch, widths=(8, 16), dropout=0.0, epochs=4, batch_size=32,

@@ -28,8 +28,42 @@ def stack(tmp_path_factory):
     except FileNotFoundError:
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
     s = Stack(tmp_path_factory.mktemp("stack"), free_port(), free_port(), free_port()).start()
+    login = pytest.MonkeyPatch()            # every client in these tests logs in as the pipeline's user
+    for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        login.setenv(k, s.env()[k])
     yield s
+    login.undo()
     s.stop()
+
+
+@pytest.mark.slow
+def test_the_tracking_server_refuses_a_write_without_a_login_and_its_database_a_passwordless_role(stack):
+    import psycopg2
+    import requests
+
+    create = f"{stack.tracking_uri}/api/2.0/mlflow/experiments/create"
+    for auth in (None, ("pipeline", "wrong"), ("nobody", "x")):
+        r = requests.post(create, json={"name": "intruder"}, auth=auth, timeout=30)
+        assert r.status_code == 401, (auth, r.status_code, r.text[:200])
+    r = requests.get(f"{stack.tracking_uri}/api/2.0/mlflow/experiments/search", params={"max_results": 5}, timeout=30)
+    assert r.status_code == 401                                        # reading needs a login too
+    env = stack.env()
+    user = (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
+    r = requests.post(create, json={"name": "logged-in"}, auth=user, timeout=30)
+    assert r.status_code == 200, r.text
+    r = requests.post(f"{stack.tracking_uri}/api/2.0/mlflow/users/create", auth=user, timeout=30,
+                      json={"username": "mallory", "password": "x" * 12})
+    assert r.status_code == 403                                        # the pipeline's user manages no users
+    with pytest.raises(psycopg2.OperationalError, match="password"):
+        psycopg2.connect(host="127.0.0.1", port=stack.pg_port, user="mlflow", dbname="mlflow")
+    with pytest.raises(psycopg2.OperationalError, match="password"):
+        psycopg2.connect(host="127.0.0.1", port=stack.pg_port, user="postgres", dbname="postgres")
+    conn = psycopg2.connect(host="127.0.0.1", port=stack.pg_port, user="mlflow", dbname="mlflow",
+                            password=stack.passwords["pg-mlflow"])
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user")
+        assert cur.fetchone() == (False, False, False)
+    conn.close()
 
 
 def _params(tmp_path: Path):
