@@ -71,6 +71,7 @@ def profile_configs() -> tuple[dict, int]:
 
 def section_device(device: torch.device) -> dict:
     policy = resolve(Execution("auto", True), device)
+    policy.apply()                                  # the flags as train, evaluate and serve set them
     out = {"device": str(device), "torch": torch.__version__, "auto_precision": policy.describe()["precision"],
            "bf16_native": bf16_native(device), "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
            "tf32_cudnn": torch.backends.cudnn.allow_tf32}
@@ -78,7 +79,8 @@ def section_device(device: torch.device) -> dict:
         p = torch.cuda.get_device_properties(device)
         out |= {"name": p.name, "capability": f"{p.major}.{p.minor}", "memory_gib": round(p.total_memory / 2**30, 1),
                 "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
-        out["ok"] = (p.major >= 8) == (out["auto_precision"] == "bf16")     # auto picks bf16 exactly where native
+        out["ok"] = ((p.major >= 8) == (out["auto_precision"] == "bf16")    # auto picks bf16 exactly where native
+                     and not out["tf32_matmul"] and not out["tf32_cudnn"])
     else:
         out["ok"] = True
     return out

@@ -129,7 +129,7 @@ def main() -> None:
     prof = load_profile(args.profile, params=ROOT / "params.yaml")
     execution = Execution(base.train.precision, base.train.channels_last)
     policy = resolve(execution, torch.device("cpu"), args.threads)
-    policy.apply_threads()
+    policy.apply()
     print(f"policy: {policy.describe()}  (old: fp32 nchw, per-image shift)")
     nets = [(f"default {t}", t, getattr(base.train, t), base.ingest.image_size) for t in ("gender", "rating")]
     nets += [(f"{args.profile} {t}", t, getattr(prof.train, t), prof.ingest.image_size) for t in ("gender", "rating")]

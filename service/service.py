@@ -247,7 +247,7 @@ class Faces:
         labels = [ref.info.labels for ref in (self.gender_ref, self.rating_ref)]
         self.versions["source"] = "/".join(sorted({lb.get("source", "unknown") for lb in labels}))
         self.versions["refit"] = all(lb.get("weights", "split").startswith("refit") for lb in labels)
-        self.policy.apply_threads()
+        self.policy.apply()
         self.size, self.tta_flip, self.face = CONTRACT.image_size, CONTRACT.tta_flip, CONTRACT.face
         self.batcher = Batcher(self._forward, BOUNDS.max_batch, on_batch=BATCH_SIZES.observe)
         # header, decode, face step and resize run in killable child processes, not on the event

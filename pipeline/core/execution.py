@@ -16,6 +16,7 @@ What it decides, and why (measured with bench/train.py and bench/serve.py, docs/
 - **inference**: BatchNorm folded into the convolution before it (one pass over the activations
   fewer), `torch.inference_mode`, and flip averaging as one batch of 2N, not two calls of N.
 - **threads**: all cores for a single process, cores / workers for the service's worker processes.
+- **TF32**: off on CUDA (`Policy.apply`): fp32 is fp32 on every device; bf16 autocast is the fast path.
 
 The requested policy (`Execution`) is stored in the model bundle by train and in the BentoML
 metadata by package; evaluate and the service resolve it on their own machine. A bundle without one
@@ -82,9 +83,15 @@ class Policy:
         an optimizer built before or after still holds them)."""
         return net.to(self.device, memory_format=self.memory_format)   # type: ignore[call-overload]  # torch stubs
 
-    def apply_threads(self) -> None:
+    def apply(self) -> None:
+        """The process-wide settings: CPU threads; on CUDA no TF32 (its 10-bit mantissa would make
+        `fp32` mean something else on a GPU than on a CPU; where bf16 is native, `auto` uses bf16
+        autocast instead, and on GPUs without it TF32 does not exist either)."""
         if self.device.type == "cpu" and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
 
     def describe(self) -> dict[str, str | int]:
         """For logs, MLflow tags and the resume fingerprint."""

@@ -68,7 +68,7 @@ def refit(params, task: str, model_dir: Path, data: Path, split: Path) -> dict:
     cfg: TaskConfig = getattr(params.train, task)
     execution = Execution(params.train.precision, params.train.channels_last)
     policy = resolve(execution, select_device(params.train.device), params.train.threads)
-    policy.apply_threads()
+    policy.apply()
     split_bundle = torch.load(model_dir / "model.pt", weights_only=True, map_location="cpu")
     mcfg, heads = recipe(split_bundle)
     maps = {k: tuple(v) for k, v in split_bundle.get("trained_on", {}).get("rating_scales", {}).items()}

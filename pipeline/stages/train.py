@@ -72,7 +72,7 @@ def _train(args, params) -> None:
     # each rank takes its share of the cores (2 ranks on 2 cores: 1 thread each)
     policy = resolve(execution, _device(params.train.device, w), params.train.threads,
                      workers=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    policy.apply_threads()
+    policy.apply()
     w = distributed.init(policy.device)
     parts = load_parts(args.data, args.split, ("train", "val"))
     # every source's ratings on the served scale, by a map fitted on the training part (pipeline/core/scales.py)
