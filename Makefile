@@ -138,10 +138,10 @@ docker-context: install  ## copy the packaged champions (models/bento/*.bentomod
 container-test: install  ## build the Dockerfile on a locally made base image, run it, POST a photo
 	bash docker/container-test.sh
 
-bench: install  ## serving: this tree vs the pre-policy commit, same models and photo, interleaved (bench/serve.py, ~4 min)
+bench: install  ## serving: this tree vs the pre-policy commit, same models and photo, interleaved, with the roofline and the models' share of it (bench/serve.py, ~4 min)
 	python bench/serve.py
 
-bench-train: install  ## training step: old fp32 NCHW vs the execution policy, default + profile nets (bench/train.py, ~2 min)
+bench-train: install  ## training step: old fp32 NCHW vs the execution policy, default + profile nets, as a fraction of the roofline (bench/train.py, ~2 min)
 	python bench/train.py
 
 pictures: install  ## the README's plots and demo-page screenshot (docs/*.png) from the last run (needs chromium)

@@ -14,6 +14,10 @@ request by request (this VM's speed drifts by +-20 % between minutes):
 4. the face step: decode + crop of a ~1 MP JPEG with and without finding the face (this tree).
 The photo is a real 350 px SCUT-FBP5500 photo from ../shared when it is there (its JPEG is decoded
 in draft mode when the model input allows), else service/example.jpg (160 px, synthetic).
+Prints the machine's roofline first (bench/roofline.py), and for each service the models' share of
+it at concurrency 32: requests/s x the forward multiply-accumulates of one request (both networks,
+and the mirror image where flip averaging is on) / the attainable GMAC/s of its precision. The rest
+of the CPU goes to what is not the model (HTTP, multipart, decode, the face step, the answer).
 Targets (issue 12): /predict p50 new/old <= 0.6; throughput at c=32 new/old >= 2; the face step
 adds <= 10 ms p50 per 1 MP photo. Prints the ratios.
 """
@@ -63,6 +67,9 @@ def raw_forwards(photo: Path):
     old = [TaskModel(load_bundle(r.path_of("model.pt"))[0], t).eval() for t, r in refs.items()]
     new = [serving_model(r.path_of("model.pt"), t, limits.execution, workers=WORKERS) for t, r in refs.items()]
     x = to_tensor(pixels)
+    from pipeline.core.layers import layer_table
+
+    macs = sum(r.macs for net in old for r in layer_table(net.net, limits.image_size)) * (2 if limits.tta_flip else 1)
 
     @torch.no_grad()
     def forward_old() -> None:
@@ -77,7 +84,7 @@ def raw_forwards(photo: Path):
 
     for _ in range(20):                               # the first calls warm up allocator and caches
         forward_old(), forward_new()
-    return {"old": forward_old, "new": forward_new}, new[0][1]
+    return {"old": forward_old, "new": forward_new}, new[0][1], macs
 
 
 def megapixel_scene() -> bytes:
@@ -239,7 +246,11 @@ def main() -> None:
     serving = json.loads((ROOT / "models" / "serving.json").read_text())
     for task in ("gender", "rating"):
         os.environ.setdefault(f"FACES_{task.upper()}_MODEL", serving[task]["tag"])
-    forwards, policy = raw_forwards(args.photo)
+    from roofline import measure
+
+    roof = measure()
+    print(roof.line(), flush=True)
+    forwards, policy, macs = raw_forwards(args.photo)
     with tempfile.TemporaryDirectory() as tmp:
         procs, urls = {}, {}
         try:
@@ -252,6 +263,11 @@ def main() -> None:
             _stop(procs.values())
     rps = {k: {c: statistics.median(r[k][c] for r in runs) for c in (1, 32)} for k in urls}
     report(args.photo, args.baseline, policy, lat, rps, args.rounds)
+    for k in ("old", "new"):                  # the old commit ran its models in fp32 NCHW
+        gmacs = rps[k][32] * macs / 1e9
+        peak = roof.peak("fp32" if k == "old" else str(policy.describe()["precision"]))
+        print(f"{k}: the models' share of the CPU at c=32: {rps[k][32]:.1f} req/s x {macs / 1e9:.3f} GMAC = "
+              f"{gmacs:.1f} GMAC/s = {gmacs / peak:.1%} of the roofline ({peak:.0f} GMAC/s); the rest is not the model")
 
     from pipeline.core.config import load_params
     from service.service import CONTRACT as limits

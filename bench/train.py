@@ -10,9 +10,11 @@ same minutes of this machine. Each step is pipeline.core.fit.train_step, fed by 
 `batches` + `augment` (the input pipeline, timed apart from the step). The old path is float32 NCHW
 with the per-image Python slice of the shift augmentation it used to have.
 
-Prints per network: median ms per step (input, step), steps/s, images/s, achieved GMAC/s (training
-~ 3x the forward multiply-accumulates: forward, input gradient, weight gradient), the input
-pipeline's share of a step, and the new/old images/s ratio. Target: >= 2.5x for the profile's rating
+Prints the machine's roofline first (bench/roofline.py: the CPU kind and its attainable GMAC/s), then
+per network: median ms per step (input, step), steps/s, images/s, achieved GMAC/s (training
+~ 3x the forward multiply-accumulates: forward, input gradient, weight gradient) and that as a
+fraction of the roofline of the path's precision, the input pipeline's share of a step, and the
+new/old images/s ratio. Target: >= 2.5x for the profile's rating
 net at its batch size (issue 12); input <= 10 % of a step.
 """
 from __future__ import annotations
@@ -36,6 +38,8 @@ from pipeline.core.execution import Execution, resolve
 from pipeline.core.fit import _loss_fns, init_model, train_step
 from pipeline.core.layers import layer_table
 from pipeline.core.model import ModelConfig
+
+from roofline import measure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,18 +134,22 @@ def main() -> None:
     execution = Execution(base.train.precision, base.train.channels_last)
     policy = resolve(execution, torch.device("cpu"), args.threads)
     policy.apply()
+    roof = measure(policy.threads, seconds=5)
+    print(roof.line())
     print(f"policy: {policy.describe()}  (old: fp32 nchw, per-image shift)")
     nets = [(f"default {t}", t, getattr(base.train, t), base.ingest.image_size) for t in ("gender", "rating")]
     nets += [(f"{args.profile} {t}", t, getattr(prof.train, t), prof.ingest.image_size) for t in ("gender", "rating")]
     print(f"{'network':<14} {'batch':>5} {'px':>4} {'path':<4} {'input ms':>9} {'step ms':>9} {'steps/s':>8} "
-          f"{'img/s':>7} {'GMAC/s':>7} {'input %':>8} {'new/old':>8}")
+          f"{'img/s':>7} {'GMAC/s':>7} {'% roof':>7} {'input %':>8} {'new/old':>8}")
     for name, task, cfg, size in nets:
         r = bench_net(name, task, cfg, size, execution, args.steps, args.warmup)
         for k in ("old", "new"):
             m = r[k]
             ratio = f"{r['ratio']:7.2f}x" if k == "new" else ""
+            peak = roof.peak("fp32" if k == "old" else str(policy.describe()["precision"]))
             print(f"{name:<14} {r['batch']:>5} {r['size']:>4} {k:<4} {m['input_ms']:9.1f} {m['step_ms']:9.1f} "
-                  f"{m['steps_s']:8.2f} {m['images_s']:7.0f} {m['gmacs']:7.1f} {m['input_share']:8.1%} {ratio:>8}")
+                  f"{m['steps_s']:8.2f} {m['images_s']:7.0f} {m['gmacs']:7.1f} {m['gmacs'] / peak:7.0%} "
+                  f"{m['input_share']:8.1%} {ratio:>8}")
     print("target: profile rating net >= 2.5x images/s; input <= 10 % of a step")
 
 
