@@ -152,7 +152,8 @@ def serve(cwd: Path = ROOT) -> tuple[subprocess.Popen, str]:
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
         if proc.poll() is not None:
-            raise RuntimeError(f"bentoml serve in {cwd} exited with {proc.returncode}: run `make serve` to see why")
+            raise RuntimeError(f"bentoml serve in {cwd} exited with {proc.returncode}: run `make serve` to see why "
+                               "(an old --baseline refuses models packaged by newer code; --baseline none)")
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return proc, url
@@ -226,9 +227,11 @@ def report(photo: Path, ref: str, policy, lat: dict, rps: dict, rounds: int) -> 
     print(f"photo {photo.name} ({photo.stat().st_size} bytes); old = commit {ref}, new = this tree "
           f"({policy.describe()['precision']}, {policy.describe()['memory_format']}, {policy.threads} threads/worker)")
     print(f"{'':<5} {'raw forward p50':>16} {'/predict p50':>13} {'p99':>8} {'c=1 req/s':>10} {'c=32 req/s':>11}")
-    for k in ("old", "new"):
+    for k in lat:
         raw, (p50, p99) = np.median(lat[k]["raw"]), np.percentile(lat[k]["http"], [50, 99])
         print(f"{k:<5} {raw:13.2f} ms {p50:10.2f} ms {p99:5.1f} ms {rps[k][1]:10.1f} {rps[k][32]:11.1f}")
+    if "old" not in lat:
+        return
     p50 = {k: np.median(lat[k]["http"]) for k in lat}
     print(f"new/old: raw forward {np.median(lat['new']['raw']) / np.median(lat['old']['raw']):.2f}x, "
           f"/predict p50 {p50['new'] / p50['old']:.2f}x (target <= 0.6), "
@@ -241,7 +244,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200, help="requests per measurement")
     ap.add_argument("--rounds", type=int, default=3, help="throughput rounds (c=1, 32 each, old and new); medians")
     ap.add_argument("--photo", type=Path, default=PHOTO, help=f"the JPEG to send (default: {PHOTO.name})")
-    ap.add_argument("--baseline", default=BASELINE, help="git commit to compare with")
+    ap.add_argument("--baseline", default=BASELINE, help="git commit to compare with; none: this tree only "
+                    "(a commit older than the models' metadata refuses them: re-package with its own code)")
     args = ap.parse_args()
     serving = json.loads((ROOT / "models" / "serving.json").read_text())
     for task in ("gender", "rating"):
@@ -254,7 +258,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         procs, urls = {}, {}
         try:
-            for k, cwd in (("old", export_commit(args.baseline, Path(tmp))), ("new", ROOT)):
+            services = [("new", ROOT)]
+            if args.baseline != "none":     # "none": this tree only (the roofline share, no comparison)
+                services.insert(0, ("old", export_commit(args.baseline, Path(tmp))))
+            for k, cwd in services:
                 procs[k], urls[k] = serve(cwd)
             lat = side_by_side(urls, args.photo, forwards, args.requests)
             runs = [{k: {c: throughput(u, args.photo, c, args.requests) for c in (1, 32)} for k, u in urls.items()}
@@ -263,7 +270,7 @@ def main() -> None:
             _stop(procs.values())
     rps = {k: {c: statistics.median(r[k][c] for r in runs) for c in (1, 32)} for k in urls}
     report(args.photo, args.baseline, policy, lat, rps, args.rounds)
-    for k in ("old", "new"):                  # the old commit ran its models in fp32 NCHW
+    for k in rps:                             # the old commit ran its models in fp32 NCHW
         gmacs = rps[k][32] * macs / 1e9
         peak = roof.peak("fp32" if k == "old" else str(policy.describe()["precision"]))
         print(f"{k}: the models' share of the CPU at c=32: {rps[k][32]:.1f} req/s x {macs / 1e9:.3f} GMAC = "
