@@ -14,7 +14,10 @@ Sections, each timed and each pass/fail, all in one JSON report (printed and wri
 4. profile: the GPU profile's first epochs timed on photos of its shape (2 epochs of 2307 at 128 px
    per task; the real photos are not on a lent machine): s/epoch and photos/s, bf16 against fp32 per
    step. These replace the "assumed" GPU figures of docs/scaling-out.md once measured.
-5. export: a network trained on the GPU, saved as a bundle, served on the CPU (core.model.serving_model,
+5. resume: the rating net (dropout on: it draws from the CUDA RNG) trained 3 epochs straight, and 1 epoch,
+   stopped, then resumed from its checkpoint for 2: the loss curves agree (the checkpoint carries the
+   CUDA RNG state; cuDNN's kernels may differ in the last bits, so within 1 %).
+6. export: a network trained on the GPU, saved as a bundle, served on the CPU (core.model.serving_model,
    as the service loads it): its answers agree with the GPU's within bf16 rounding.
 
 --dry-run runs every section on the CPU (gloo, sizes cut), so the script is proven before a GPU is lent;
@@ -178,6 +181,22 @@ def section_profile(device: torch.device, cfgs: dict, size: int, dry: bool) -> d
     return out
 
 
+def section_resume(device: torch.device, cfgs: dict, size: int) -> dict:
+    cfg = dataclasses.replace(cfgs["rating"], epochs=3, patience=3, select="last", ema=0.0)
+    heads, parts = ["rating", *cfg.aux_tasks], {"train": photos(256, size), "val": photos(64, size, seed=1)}
+    policy = resolve(Execution("auto", True), device)
+    curves = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for stops in ([None], [1, None]):                      # straight through; stopped after epoch 1, resumed
+            ck = Path(tmp) / f"ck{len(stops)}.pt"
+            for stop in stops:
+                net = init_model(ModelConfig(cfg.arch, cfg.widths, cfg.dropout, size), heads, cfg.seed)
+                res = fit(net, parts, "rating", cfg, policy, checkpoint=ck, stop_after=stop)
+            curves.append([round(h["train_loss"], 5) for h in res.history])
+    ok = len(curves[1]) == 3 and bool(np.allclose(curves[0], curves[1], rtol=0.01))
+    return {"straight": curves[0], "resumed": curves[1], "dropout": cfg.dropout, "ok": ok}
+
+
 def section_export(device: torch.device, cfgs: dict, size: int) -> dict:
     cfg = cfgs["gender"]
     net, _, _, parts, policy = _fit("gender", cfg, size, 256, 1, device)
@@ -212,6 +231,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for name, fn in (("device", lambda: section_device(device)), ("train", lambda: section_train(device, cfgs, size)),
                      ("ddp", lambda: section_ddp(device)), ("profile", lambda: section_profile(device, cfgs, size, args.dry_run)),
+                     ("resume", lambda: section_resume(device, cfgs, size)),
                      ("export", lambda: section_export(device, cfgs, size))):
         s = time.perf_counter()
         try:
@@ -221,7 +241,7 @@ def main() -> None:
         report[name]["section_seconds"] = round(time.perf_counter() - s, 1)
         print(f"gpu-check {name}: {'ok' if report[name]['ok'] else 'FAILED'} ({report[name]['section_seconds']} s)", flush=True)
     report["seconds"] = round(time.perf_counter() - t0, 1)
-    report["ok"] = all(report[k]["ok"] for k in ("device", "train", "ddp", "profile", "export"))
+    report["ok"] = all(report[k]["ok"] for k in ("device", "train", "ddp", "profile", "resume", "export"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.tmp")
     tmp.write_text(json.dumps(report, indent=1, default=str) + "\n")

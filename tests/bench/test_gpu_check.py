@@ -23,6 +23,7 @@ def test_the_gpu_check_runs_every_section_on_the_cpu_and_reports_them(tmp_path):
         assert r["profile"][task]["photos_per_s"] > 0
     # the collectives fit uses, through torchrun, as the training group's backends run them
     assert r["ddp"] == {**r["ddp"], "mean": 2.0, "broadcast": 0.25, "object_ok": True, "backend": "gloo"}
+    assert r["resume"]["resumed"] == r["resume"]["straight"] and r["resume"]["dropout"] > 0   # exact on the CPU
     assert r["export"]["served_on"] == "cpu" and r["export"]["max_probability_difference"] < 0.05
 
 
