@@ -280,9 +280,11 @@ def main() -> None:
     from service.service import CONTRACT as limits
 
     face = limits.face or load_params(ROOT / "params.yaml").ingest.face
-    centre, faced = face_step(limits.image_size, face, args.requests, os.cpu_count() or 1)   # as the service
+    from service.settings import CPUS
+
+    centre, faced = face_step(limits.image_size, face, args.requests, CPUS)   # as the service
     served = "these models crop faces" if limits.face else "these models crop the centre; timed with params.yaml's"
-    print(f"face step ({served}), 1152x864 JPEG, {os.cpu_count()} OpenCV threads, decode + crop p50: centre "
+    print(f"face step ({served}), 1152x864 JPEG, {CPUS} OpenCV threads, decode + crop p50: centre "
           f"{np.median(centre):.2f} ms, face {np.median(faced):.2f} ms -> the face step adds "
           f"{np.median(faced) - np.median(centre):+.2f} ms (target <= +10 ms)")
 

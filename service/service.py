@@ -48,7 +48,7 @@ from service.guard import EarlyShed, UploadGuard
 from service.limits import check_models, guard_routes
 from service.logs import ClientErrorFilter
 from service.openapi import DocsAnswers
-from service.settings import RESOURCES, THREADS, TIMEOUT_S, WORKERS
+from service.settings import CPUS, RESOURCES, THREADS, TIMEOUT_S, WORKERS
 
 EXAMPLE_INPUT = Path(__file__).parent / "example.jpg"
 GENDER_TAG = os.environ.get("FACES_GENDER_MODEL", "faces-gender:latest")
@@ -251,10 +251,10 @@ class Faces:
         self.size, self.tta_flip, self.face = CONTRACT.image_size, CONTRACT.tta_flip, CONTRACT.face
         self.batcher = Batcher(self._forward, BOUNDS.max_batch, on_batch=BATCH_SIZES.observe)
         # header, decode, face step and resize run in killable child processes, not on the event
-        # loop; the face step's pyramid levels spread over the cores this process may use (a lone
+        # loop; the face step's pyramid levels spread over the cores this replica has (a lone
         # photo's face step: 8 ms instead of 11, bench/serve.py); under load the pool bounds it anyway
         self.decoder = DecodePool(BOUNDS.decode_threads, {
-            "size": self.size, "max_pixels": BOUNDS.max_pixels, "threads": len(os.sched_getaffinity(0)),
+            "size": self.size, "max_pixels": BOUNDS.max_pixels, "threads": CPUS,
             "face": dataclasses.asdict(self.face) if self.face is not None else None},
             wall_s=10 * BOUNDS.decode_cpu_s, on_kill=lambda reason: DECODER_KILLS.labels(reason=reason).inc())
 

@@ -33,7 +33,8 @@ def cpus(env: Mapping[str, str] = os.environ) -> int:
 def workers(env: Mapping[str, str] = os.environ) -> int:
     """FACES_WORKERS (default: FACES_CPUS when set, else 2, one per core of RESOURCES["cpu"]) -> worker
     processes. Raises SystemExit."""
-    return _count(env, "FACES_WORKERS", env.get("FACES_CPUS", CPU), 64)
+    default = str(cpus(env)) if "FACES_CPUS" in env else CPU      # FACES_CPUS checked under its own name
+    return _count(env, "FACES_WORKERS", default, 64)
 
 
 def threads(env: Mapping[str, str] = os.environ) -> int:
@@ -41,6 +42,7 @@ def threads(env: Mapping[str, str] = os.environ) -> int:
     return max(1, cpus(env) // workers(env))
 
 
+CPUS = cpus()                           # also the face step's OpenCV threads (service/decoder.py)
 WORKERS = workers()
 THREADS = threads()
 TIMEOUT_S = 60                          # BentoML's traffic timeout (504 past it); also the body timeout
