@@ -1,6 +1,7 @@
 """deploy/k8s: both overlays (cpu, gpu) rendered by kustomize and validated offline against the API schemas
 (kubernetes-validate --strict, `make k8s-tools`); what they must hold to deploy as written; the facts they
 share with the image and the service; and the one command that pins the image (deploy/rollout.py)."""
+import functools
 import re
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ sys.path.insert(0, str(ROOT / "deploy"))
 import rollout  # noqa: E402
 
 
+@functools.cache                                # one kustomize build per overlay for the module
 def _render(overlay: str) -> str:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl (its built-in kustomize) is not installed")
