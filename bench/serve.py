@@ -24,6 +24,7 @@ adds <= 10 ms p50 per 1 MP photo. Prints the ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -45,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "service" / "example.jpg"
 SCUT_PHOTO = ROOT.parent / "shared" / "data" / "facescore" / "images" / "ftw101.jpg"   # 350 x 350
 PHOTO = SCUT_PHOTO if SCUT_PHOTO.is_file() else EXAMPLE
-BASELINE = "d1948e4"          # the last commit before the execution policy (fp32 NCHW, 2 batch-1 calls)
+BASELINE = "141ddb7"          # the commit before the speed work (issue 12; fp32 NCHW, 2 batch-1 calls, no guard)
 
 
 def raw_forwards(photo: Path):
@@ -139,19 +140,22 @@ def side_by_side(urls: dict[str, str], photo: Path, forwards: dict, n: int) -> d
     return out
 
 
-def serve(cwd: Path = ROOT) -> tuple[subprocess.Popen, str]:
+def serve(cwd: Path = ROOT, home: Path | None = None) -> tuple[subprocess.Popen, str]:
     """`bentoml serve` of the service in `cwd` (its own pipeline/ and service/ come first on the path)
-    on a free loopback port -> (process, url) once /readyz answers."""
+    on a free loopback port, with the model store `home` (default: this one's) -> (process, url) once
+    /readyz answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     bentoml = Path(sys.executable).parent / "bentoml"
     proc = subprocess.Popen([str(bentoml), "serve", "service.service:Faces", "--host", "127.0.0.1", "--port",
                              str(port)], cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(cwd)})
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(cwd)}
+                            | ({"BENTOML_HOME": str(home)} if home else {}))
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
         if proc.poll() is not None:
+            _stop([proc])                             # its workers may still be starting
             raise RuntimeError(f"bentoml serve in {cwd} exited with {proc.returncode}: run `make serve` to see why "
                                "(an old --baseline refuses models packaged by newer code; --baseline none)")
         try:
@@ -160,15 +164,35 @@ def serve(cwd: Path = ROOT) -> tuple[subprocess.Popen, str]:
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGTERM)
+    _stop([proc])
     raise RuntimeError("bentoml serve did not become ready")
 
 
 def export_commit(ref: str, into: Path) -> Path:
     """The service code of commit `ref` (pipeline/ and service/), exported with `git archive`."""
+    into.mkdir()
     tar = subprocess.run(["git", "archive", ref, "pipeline", "service"], cwd=ROOT, check=True,
                          capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=tar, check=True)
+    return into
+
+
+def baseline_store(into: Path) -> Path:
+    """A BentoML home for the old service with the same two models (the same weights files), their
+    metadata given the flat keys that commits before the serving bounds (issue 10) read, which newer
+    packaging nests under `serving` -> its path."""
+    import bentoml
+    import yaml
+
+    for task in ("gender", "rating"):
+        src = Path(bentoml.models.get(os.environ[f"FACES_{task.upper()}_MODEL"]).path)
+        dst = into / "models" / src.parent.name / src.name
+        dst.mkdir(parents=True)
+        (dst / "model.pt").symlink_to(src / "model.pt")
+        info = yaml.safe_load((src / "model.yaml").read_text())
+        bounds = info["metadata"]["serving"]
+        info["metadata"].update(max_upload_bytes=int(bounds["max_upload_mb"] * 2**20), max_pixels=bounds["max_pixels"])
+        (dst / "model.yaml").write_text(yaml.safe_dump(info))
     return into
 
 
@@ -217,9 +241,16 @@ def throughput(url: str, photo: Path, concurrency: int, requests: int) -> float:
 
 
 def _stop(procs) -> None:
+    """SIGTERM to each server's process group, SIGKILL to a group still there 30 s later (an arbiter
+    whose workers crash at start-up may not stop on SIGTERM, and would skew every later measurement)."""
     for proc in procs:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
     for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
 
 
@@ -258,11 +289,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         procs, urls = {}, {}
         try:
-            services = [("new", ROOT)]
+            services: list[tuple[str, Path, Path | None]] = [("new", ROOT, None)]
             if args.baseline != "none":     # "none": this tree only (the roofline share, no comparison)
-                services.insert(0, ("old", export_commit(args.baseline, Path(tmp))))
-            for k, cwd in services:
-                procs[k], urls[k] = serve(cwd)
+                old = export_commit(args.baseline, Path(tmp) / "code")
+                services.insert(0, ("old", old, baseline_store(Path(tmp) / "home")))
+            for k, cwd, home in services:
+                procs[k], urls[k] = serve(cwd, home)
             lat = side_by_side(urls, args.photo, forwards, args.requests)
             runs = [{k: {c: throughput(u, args.photo, c, args.requests) for c in (1, 32)} for k, u in urls.items()}
                     for _ in range(args.rounds)]

@@ -15,7 +15,7 @@ import os
 import subprocess
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +117,11 @@ def run_name(stage: str, tags: dict[str, str]) -> str:
 _CONTINUED: contextvars.ContextVar[str | None] = contextvars.ContextVar("continued_run", default=None)
 
 
-def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+def log_metrics(given: Mapping[str, float | None], step: int | None = None) -> None:
+    """Logs the numbers; a None (an epoch that was not validated: train.<task>.val_every) is left out."""
     import mlflow
+
+    metrics = {k: v for k, v in given.items() if v is not None}
 
     run_id = _CONTINUED.get()
     if run_id is None:

@@ -89,6 +89,7 @@ class TaskConfig:
     patience: int                  # early stopping: epochs without a better validation metric (select: best)
     select: Literal["best", "last"]  # weights kept: the epoch best on validation, or the last (a fixed recipe)
     ema: float                     # decay of a moving average of the weights, validated and kept; 0 = off
+    val_every: int                 # validate every k-th epoch and the last (k > 1 with select: last only)
     seed: int
     augment: AugmentConfig
 
@@ -109,6 +110,9 @@ class RefitConfig:
     """The served model: the train stage's recipe retrained on every photo (pipeline/stages/refit.py)."""
     enabled: bool                  # false: the split model itself is served
     budget: Literal["steps", "epochs"]   # steps: as many optimizer steps as the split run; epochs: as many epochs
+    start: Literal["scratch", "split"]   # scratch: new weights (the recipe's seed); split: the split model's
+    fraction: float                # of that budget (from `split`: a short fine-tune is enough)
+    lr_scale: float                # peak learning rate / the recipe's (from `split`: the weights are trained)
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,13 @@ def check(p: Params) -> Params:
             raise ParamsError(f"ingest.sources: name {s.name!r}: letters, digits, - and _ only")
         if not s.scale[0] < s.scale[1]:
             raise ParamsError(f"ingest.sources.{s.name}.scale: expected [low, high], got {list(s.scale)}")
+    for task in ("gender", "rating"):
+        t = getattr(p.train, task)
+        if t.val_every < 1 or (t.val_every > 1 and t.select != "last"):
+            raise ParamsError(f"train.{task}.val_every: 1, or more with select: last (select: best validates every "
+                              f"epoch), got {t.val_every}")
+    if not 0 < p.refit.fraction <= 1 or not 0 < p.refit.lr_scale <= 1:
+        raise ParamsError(f"refit: fraction and lr_scale must be in (0, 1], got {p.refit.fraction}, {p.refit.lr_scale}")
     return p
 
 

@@ -67,14 +67,17 @@ def _loss_fns(task: str, cfg: TaskConfig) -> dict[str, tuple[nn.Module, float]]:
     return out
 
 
-def fingerprint(cfg: TaskConfig, parts: dict[str, Part], heads: list[str], policy: Policy, processes: int = 1) -> str:
+def fingerprint(cfg: TaskConfig, parts: dict[str, Part], heads: list[str], policy: Policy, processes: int = 1,
+                origin: str = "") -> str:
     """Identifies config + data + the training code + how it runs (device, precision, memory format:
-    each changes the numbers); a checkpoint is resumed only when this matches."""
+    each changes the numbers) + where the weights started (`origin`, "" for the seed's own init);
+    a checkpoint is resumed only when this matches."""
     code = [Path(str(m.__file__)).read_text() for m in (sys.modules[__name__], data_module, model_module,
                                                    execution_module, ckpt)]
     how = {k: v for k, v in policy.describe().items() if k != "threads"} | {"processes": processes}
     key = json.dumps([dataclasses.asdict(cfg), heads, {p: list(v.meta["filename"]) for p, v in parts.items()},
-                      parts["train"].images.shape, code, how], sort_keys=True, default=str)
+                      parts["train"].images.shape, code, how] + ([origin] if origin else []), sort_keys=True,
+                     default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -151,7 +154,7 @@ def _report(task: str, record: dict, metric: float | None, kept: bool, on_epoch)
 
 def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, policy: Policy,
         checkpoint: Path | None = None, on_epoch: Callable[[dict], None] | None = None,
-        stop_after: int | None = None, w: World | None = None) -> FitResult:
+        stop_after: int | None = None, w: World | None = None, origin: str = "") -> FitResult:
     """Trains `net` (heads: task + cfg.aux_tasks) on parts['train'] and keeps the weights `cfg.select`
     names: the epoch best on parts['val'] (early-stopped after `patience` epochs without a better one)
     or the last epoch's. Without a 'val' part (a refit on every photo) nothing is validated and the
@@ -164,6 +167,8 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, poli
         stop_after: stop after this many epochs of this call, as an interruption would (tests).
         w: this process's rank under torchrun (default: from the environment; one process: rank 0 of 1).
             Every rank trains its slice of each batch (DDP); only rank 0 validates, reports and saves.
+        origin: what `net`'s weights start from when they are not the seed's init (a refit from the
+            split model): part of the checkpoint's fingerprint.
     """
     w = w or distributed.world()
     torch.manual_seed(cfg.seed + w.rank)                          # dropout: each rank its own stream
@@ -176,7 +181,7 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, poli
     gen = torch.Generator().manual_seed(cfg.seed)
     ema = _ema(net, cfg.ema)
     judged = ema.module if ema is not None else net               # what validation scores and we keep
-    fp = fingerprint(cfg, parts, list(losses), policy, w.size)
+    fp = fingerprint(cfg, parts, list(losses), policy, w.size, origin)
     distributed.agree(fp, "run fingerprint (params, data, code, precision)", w)
     held = {"net": net, "opt": opt, "sched": sched, "gen": gen, "ema": ema}
     state: dict[str, Any] = {"epoch": 0, "best_metric": -float("inf"), "best_epoch": 0, "bad": 0, "history": [],
@@ -195,14 +200,17 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, poli
         epoch = state["epoch"] + 1
         loss = _train_epoch(step_net, parts["train"], cfg, losses, opt, sched, gen, policy, f"{task} epoch {epoch}",
                             ema, w)
-        record = {"epoch": epoch, "train_loss": loss, "lr": sched.get_last_lr()[0]}
-        metric = float("nan")
-        if val is not None:                                       # rank 0 validates; all ranks act on it
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": loss, "lr": sched.get_last_lr()[0]}
+        metric, key = float("nan"), f"val_{MAIN_METRIC[task]}"
+        if val is not None:
+            record[key] = None                                    # null, not missing: DVC plots need every key
+        # select: last needs no validation to choose: the curve's every k-th point (and the last) will do
+        if val is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):   # rank 0 validates
             if w.main:
                 pred = predict(TaskModel(judged, task), val.images, policy=policy)
                 metric = compute_metrics(task, val.targets(task).numpy(), pred)[MAIN_METRIC[task]]
             metric = distributed.broadcast(metric, w, policy.device)
-            record[f"val_{MAIN_METRIC[task]}"] = metric
+            record[key] = metric
         record["seconds"] = time.time() - t0
         # NaN (a constant prediction: no correlation) ranks below every number, and the first epoch is
         # always kept, so a NaN at every epoch cannot leave the untrained initial weights as "the best"
@@ -213,7 +221,7 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, poli
         state["epoch"] = epoch
         state["history"].append(record)
         if w.main:
-            _report(task, record, metric if val is not None else None, state["best_epoch"] == epoch, on_epoch)
+            _report(task, record, record.get(key), state["best_epoch"] == epoch, on_epoch)
         if checkpoint:                                            # every rank: their RNG states go in
             ckpt.save(checkpoint, fp, held, state, w, policy.device)
         ran += 1

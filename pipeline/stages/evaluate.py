@@ -77,7 +77,8 @@ def plot(task: str, frame: pd.DataFrame, history: list[dict], out: Path) -> list
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs, [h["train_loss"] for h in history], label="train loss")
     key = f"val_{MAIN_METRIC[task]}"
-    ax.plot(epochs, [h[key] for h in history], label=key)
+    checked = [h for h in history if h.get(key) is not None]  # val_every > 1: not every epoch was validated
+    ax.plot([h["epoch"] for h in checked], [h[key] for h in checked], "o-", label=key)
     ax.set(xlabel="epoch")
     ax.legend()
     fig.tight_layout()

@@ -10,7 +10,10 @@ So this stage retrains the same config and seed on every row of the split, with 
 weights as `final/final.pt` in the split model's MLflow run; `package` serves that file when the
 champion's run has one. It runs after evaluate, and only for a model that became the champion (a
 model that lost the gate is never served, so its refit would be wasted). `refit.budget: steps` keeps the split run's number of optimizer steps
-(epochs x train photos / all photos), so a refit costs what the split run cost.
+(epochs x train photos / all photos), so a refit costs what the split run cost. `refit.start: split`
+reuses the split run instead: the refit starts from the split model's weights and fine-tunes them on
+every photo for `refit.fraction` of that budget at `refit.lr_scale` of the peak learning rate
+(profiles/scut.yaml: a quarter at 0.2; measured in docs/speed.md).
 
 Writes `<model>/final.pt` (the weights to serve: the refit, or a copy of `model.pt` when
 `refit.enabled` is false), `<model>/final.json` (what was done), `<model>/final_history.json` and
@@ -29,7 +32,7 @@ from pathlib import Path
 import torch
 
 from pipeline.core.atomic import atomic_path, sha256_file, write_text
-from pipeline.core.config import TaskConfig
+from pipeline.core.config import RefitConfig, TaskConfig
 from pipeline.core.data import PARTS, load_parts, merge_parts, on_served_scale
 from pipeline.core.execution import Execution, policy_dict, resolve, select_device
 from pipeline.core.fit import fit, init_model
@@ -37,11 +40,12 @@ from pipeline.core.model import ModelConfig, make_bundle
 from pipeline.core.tasks import SERVED
 
 
-def refit_config(cfg: TaskConfig, n_train: int, n_all: int, budget: str) -> TaskConfig:
-    """The split run's config for a run on `n_all` photos: the same steps (or epochs), every epoch run,
-    the last one kept."""
-    epochs = cfg.epochs if budget == "epochs" else max(1, round(cfg.epochs * n_train / n_all))
-    return dataclasses.replace(cfg, epochs=epochs, patience=epochs, select="last")
+def refit_config(cfg: TaskConfig, n_train: int, n_all: int, rc: RefitConfig) -> TaskConfig:
+    """The split run's config for a run on `n_all` photos: the same steps (or epochs) times
+    `rc.fraction`, at `rc.lr_scale` times its peak learning rate, every epoch run, the last one kept."""
+    epochs = cfg.epochs if rc.budget == "epochs" else cfg.epochs * n_train / n_all
+    epochs = max(1, round(epochs * rc.fraction))
+    return dataclasses.replace(cfg, epochs=epochs, patience=epochs, select="last", lr=cfg.lr * rc.lr_scale)
 
 
 def recipe(bundle: dict) -> tuple[ModelConfig, list[str]]:
@@ -74,17 +78,21 @@ def refit(params, task: str, model_dir: Path, data: Path, split: Path) -> dict:
     maps = {k: tuple(v) for k, v in split_bundle.get("trained_on", {}).get("rating_scales", {}).items()}
     parts = on_served_scale(load_parts(data, split, PARTS), maps)      # the split run's map (its training part)
     every = {"train": merge_parts([parts[p] for p in PARTS])}      # no "val": nothing to choose by
-    rcfg = refit_config(cfg, len(parts["train"]), len(every["train"]), params.refit.budget)
+    rcfg = refit_config(cfg, len(parts["train"]), len(every["train"]), params.refit)
     run_id = json.loads((model_dir / "run.json").read_text())["run_id"]
     net, out, ck = init_model(mcfg, heads, cfg.seed), model_dir / "final.pt", model_dir / "final_checkpoint.pt"
+    start = "scratch"
+    if params.refit.start == "split":    # fine-tune what the split run learnt instead of learning it again
+        net.load_state_dict(split_bundle["state_dict"])
+        start = "split:" + sha256_file(model_dir / "model.pt")   # a checkpoint resumes only from the same start
     with tracking.continue_run(params, run_id):
         t0 = time.time()
-        res = fit(net, every, task, rcfg, policy, ck,
+        res = fit(net, every, task, rcfg, policy, ck, origin=start,
                   on_epoch=lambda r: tracking.log_metrics({f"refit_{k}": v for k, v in r.items()}, step=r["epoch"]))
         net.load_state_dict(res.best_state)
         seconds = time.time() - t0
         trained_on = {"parts": list(PARTS), "photos": len(every["train"]), "epochs": rcfg.epochs,
-                      "kept_epoch": res.best_epoch, "refit_of": run_id,
+                      "kept_epoch": res.best_epoch, "refit_of": run_id, "start": params.refit.start,
                       "rating_scales": {k: list(v) for k, v in maps.items()}}
         with atomic_path(out) as tmp:
             torch.save(make_bundle(net, mcfg, heads, task, split_bundle["preprocess"], policy_dict(execution),
@@ -95,7 +103,8 @@ def refit(params, task: str, model_dir: Path, data: Path, split: Path) -> dict:
         tracking.set_tags({"refit": "true"})
         tracking.log_artifacts([out, model_dir / "final_history.json"], "final")   # package serves final/final.pt
     ck.unlink(missing_ok=True)
-    return {"enabled": True, "weights": "refit", "photos": len(every["train"]), "epochs": rcfg.epochs,
+    return {"enabled": True, "weights": "refit", "start": params.refit.start, "lr": rcfg.lr,
+            "photos": len(every["train"]), "epochs": rcfg.epochs,
             "split_photos": len(parts["train"]), "split_epochs": cfg.epochs, "seconds": round(seconds, 1),
             "sha256": sha256_file(out), "run_id": run_id, "final_train_loss": res.history[-1]["train_loss"]}
 
@@ -125,7 +134,8 @@ def main() -> None:
         return
     info = refit(params, args.task, args.model, args.data, args.split)
     write_text(args.model / "final.json", json.dumps(info, indent=1) + "\n")
-    print(f"refit {args.task}: {info['epochs']} epochs on all {info['photos']} photos in {info['seconds']:.0f} s "
+    print(f"refit {args.task}: {info['epochs']} epochs from {info['start']} on all {info['photos']} photos in "
+          f"{info['seconds']:.0f} s "
           f"(the split run: {info['split_epochs']} epochs on {info['split_photos']})")
 
 

@@ -15,12 +15,22 @@ def _cfg(**kw):
 @pytest.mark.parametrize("budget, epochs, want", [("steps", 40, 28), ("steps", 24, 17), ("epochs", 40, 40),
                                                   ("steps", 1, 1)])
 def test_refit_keeps_the_split_runs_steps_or_epochs(budget, epochs, want):
-    got = refit_config(_cfg(epochs=epochs, select="best", patience=3), 2307, 3297, budget)
+    rc = dataclasses.replace(load_params(ROOT / "params.yaml").refit, budget=budget, fraction=1.0, lr_scale=1.0)
+    got = refit_config(_cfg(epochs=epochs, select="best", patience=3), 2307, 3297, rc)
     assert got.epochs == want
     # every epoch runs (no validation to stop on) and the last one is kept
     assert got.select == "last" and got.patience == want
     assert dataclasses.replace(got, epochs=epochs, select="best", patience=3) == _cfg(epochs=epochs, select="best",
                                                                                         patience=3)
+
+
+@pytest.mark.parametrize("budget, fraction, want", [("steps", 0.25, 7), ("epochs", 0.25, 10), ("steps", 0.01, 1)])
+def test_a_refit_from_the_split_model_is_a_fraction_of_the_budget_at_a_lower_peak(budget, fraction, want):
+    rc = dataclasses.replace(load_params(ROOT / "params.yaml").refit, budget=budget, start="split",
+                             fraction=fraction, lr_scale=0.2)
+    got = refit_config(_cfg(epochs=40, lr=0.003), 2307, 3297, rc)
+    assert got.epochs == want and got.patience == want and got.select == "last"
+    assert got.lr == pytest.approx(0.0006)
 
 
 def test_the_refit_trains_the_network_and_heads_of_the_split_model_not_params():
