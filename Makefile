@@ -38,7 +38,7 @@ K8S := $(K8S_VENV)/bin/kubernetes-validate
 KUBERNETES_VALIDATE := 1.37.0
 tag = $(shell $(BIN)/python -c 'import json; print(json.load(open("$(SERVING)"))["$(1)"]["tag"])')
 
-.PHONY: help install repro test lint compare ui serve release build docker-context container-test compose-test rollout k8s-image push pull tracking-server k8s-tools bench bench-train bench-ddp estimate gpu-train gpu-check hardening faces pictures st lock clean
+.PHONY: help install repro test lint compare ui serve release build docker-context container-test compose-test rollout k8s-image push pull tracking-server k8s-tools bench bench-train bench-ddp refit-check estimate gpu-train gpu-check hardening faces pictures st lock clean
 help:  ## this list
 	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):.*## /  make \1\t/' | expand -t 24
 
@@ -138,11 +138,14 @@ docker-context: install  ## copy the packaged champions (models/bento/*.bentomod
 container-test: install  ## build the Dockerfile on a locally made base image, run it, POST a photo
 	bash docker/container-test.sh
 
-bench: install  ## serving: this tree vs the pre-policy commit, same models and photo, interleaved, with the roofline and the models' share of it (bench/serve.py, ~4 min)
+bench: install  ## serving: this tree vs 141ddb7 (before the speed work), same models and photo, interleaved, with the roofline and the models' share of it (bench/serve.py, ~4 min)
 	python bench/serve.py
 
 bench-train: install  ## training step: old fp32 NCHW vs the execution policy, default + profile nets, as a fraction of the roofline (bench/train.py, ~2 min)
 	python bench/train.py
+
+refit-check: install  ## after a profile run: the refit from the split model vs the split model on unseen test photos (refit on train + val; SCRATCH=1 adds a refit from scratch) -> reports/refit-check.json
+	python bench/refit_check.py $(if $(SCRATCH),--scratch,)
 
 pictures: install  ## the README's plots and demo-page screenshot (docs/*.png) from the last run (needs chromium)
 	python docs/pictures.py

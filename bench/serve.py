@@ -1,35 +1,34 @@
 """Serving speed, measured side by side in one run: this commit's service against an older commit's,
 on the same models, photo and minutes.
 
-    make bench        # = python bench/serve.py [--baseline d1948e4] [--photo F] [--requests 200]
+    make bench        # = python bench/serve.py [--baseline 141ddb7] [--photo F] [--requests 200]
 
 Serves the champions in models/serving.json twice with `bentoml serve` on free loopback ports: from
-this working tree, and from `--baseline` (a git commit, exported with `git archive` to a temp folder;
-default: the last commit before the execution policy, issue 12). Then, interleaving old and new
-request by request (this VM's speed drifts by +-20 % between minutes):
+this working tree, and from `--baseline` (a git commit, exported with `git archive` to a temp folder,
+with a model store holding the same weights under the metadata keys that commit reads; default: the
+commit before the speed work, issue 12). Then, interleaving old and new request by request (this VM's
+speed drifts by +-20 % between minutes):
 1. raw forward: the model call of each service (decode excluded) on one photo, in-process: the old
    one as it was (two float32 NCHW batch-1 calls per model), the new one through the policy;
 2. latency at concurrency 1: p50 / p99 of POST /predict;
-3. throughput at concurrency 1 and 32 (median of `--rounds` rounds, old and new alternating);
+3. throughput at concurrency 1 and 32 (median of `--rounds` rounds, old and new alternating), and at
+   32 the server's CPU per request (its workers and decoder processes, from /proc) against the new
+   model call's CPU per photo in a batch of 16 (issue 26: at most 1.5x);
 4. the face step: decode + crop of a ~1 MP JPEG with and without finding the face (this tree).
 The photo is a real 350 px SCUT-FBP5500 photo from ../shared when it is there (its JPEG is decoded
 in draft mode when the model input allows), else service/example.jpg (160 px, synthetic).
 Prints the machine's roofline first (bench/roofline.py), and for each service the models' share of
 it at concurrency 32: requests/s x the forward multiply-accumulates of one request (both networks,
-and the mirror image where flip averaging is on) / the attainable GMAC/s of its precision. The rest
-of the CPU goes to what is not the model (HTTP, multipart, decode, the face step, the answer).
-Targets (issue 12): /predict p50 new/old <= 0.6; throughput at c=32 new/old >= 2; the face step
+and the mirror image where flip averaging is on) / the attainable GMAC/s of its precision.
+Targets: /predict p50 new/old <= 0.6; throughput at c=32 new/old >= 2 (issues 12, 26); the face step
 adds <= 10 ms p50 per 1 MP photo. Prints the ratios.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,18 +38,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import numpy as np
+from servers import ROOT, baseline_store, export_commit, serve, server_cpu_s, stop
 
-ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "service" / "example.jpg"
 SCUT_PHOTO = ROOT.parent / "shared" / "data" / "facescore" / "images" / "ftw101.jpg"   # 350 x 350
 PHOTO = SCUT_PHOTO if SCUT_PHOTO.is_file() else EXAMPLE
+BATCH = 16                    # photos per model call that a worker's batch at concurrency 32 holds, about
 BASELINE = "141ddb7"          # the commit before the speed work (issue 12; fp32 NCHW, 2 batch-1 calls, no guard)
 
 
 def raw_forwards(photo: Path):
-    """-> {"old": fn, "new": fn}: the model call each /predict makes (decode excluded) on one photo,
+    """-> ({"old": fn, "new": fn}, the new policy, MACs per request, the new call's CPU ms per photo in a
+    batch of BATCH): the model call each /predict makes (decode excluded) on one photo,
     with the threads of one server worker. old: the pre-policy call (float32 NCHW, the photo and its
     mirror as two batch-1 calls per model); new: this tree's `predict` under the stored policy."""
     import bentoml
@@ -85,7 +85,14 @@ def raw_forwards(photo: Path):
 
     for _ in range(20):                               # the first calls warm up allocator and caches
         forward_old(), forward_new()
-    return {"old": forward_old, "new": forward_new}, new[0][1], macs
+    many = np.repeat(pixels, BATCH, axis=0)           # a worker's batch at c=32 (~16 photos queue per worker)
+    t0, n = time.process_time(), 0
+    while time.process_time() - t0 < 2.0:
+        for m, policy in new:
+            predict(m, many, tta_flip=limits.tta_flip, policy=policy)
+        n += 1
+    batched_ms = (time.process_time() - t0) / n / BATCH * 1000
+    return {"old": forward_old, "new": forward_new}, new[0][1], macs, batched_ms
 
 
 def megapixel_scene() -> bytes:
@@ -140,62 +147,6 @@ def side_by_side(urls: dict[str, str], photo: Path, forwards: dict, n: int) -> d
     return out
 
 
-def serve(cwd: Path = ROOT, home: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """`bentoml serve` of the service in `cwd` (its own pipeline/ and service/ come first on the path)
-    on a free loopback port, with the model store `home` (default: this one's) -> (process, url) once
-    /readyz answers."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    bentoml = Path(sys.executable).parent / "bentoml"
-    proc = subprocess.Popen([str(bentoml), "serve", "service.service:Faces", "--host", "127.0.0.1", "--port",
-                             str(port)], cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(cwd)}
-                            | ({"BENTOML_HOME": str(home)} if home else {}))
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        if proc.poll() is not None:
-            _stop([proc])                             # its workers may still be starting
-            raise RuntimeError(f"bentoml serve in {cwd} exited with {proc.returncode}: run `make serve` to see why "
-                               "(an old --baseline refuses models packaged by newer code; --baseline none)")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    _stop([proc])
-    raise RuntimeError("bentoml serve did not become ready")
-
-
-def export_commit(ref: str, into: Path) -> Path:
-    """The service code of commit `ref` (pipeline/ and service/), exported with `git archive`."""
-    into.mkdir()
-    tar = subprocess.run(["git", "archive", ref, "pipeline", "service"], cwd=ROOT, check=True,
-                         capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=tar, check=True)
-    return into
-
-
-def baseline_store(into: Path) -> Path:
-    """A BentoML home for the old service with the same two models (the same weights files), their
-    metadata given the flat keys that commits before the serving bounds (issue 10) read, which newer
-    packaging nests under `serving` -> its path."""
-    import bentoml
-    import yaml
-
-    for task in ("gender", "rating"):
-        src = Path(bentoml.models.get(os.environ[f"FACES_{task.upper()}_MODEL"]).path)
-        dst = into / "models" / src.parent.name / src.name
-        dst.mkdir(parents=True)
-        (dst / "model.pt").symlink_to(src / "model.pt")
-        info = yaml.safe_load((src / "model.yaml").read_text())
-        bounds = info["metadata"]["serving"]
-        info["metadata"].update(max_upload_bytes=int(bounds["max_upload_mb"] * 2**20), max_pixels=bounds["max_pixels"])
-        (dst / "model.yaml").write_text(yaml.safe_dump(info))
-    return into
-
-
 def multipart(path: Path) -> tuple[bytes, str]:
     """A ready-made multipart/form-data body with the photo in the field `image`, built once: the
     load generator shares the server's 2 cores, so it must spend as little CPU per request as it can."""
@@ -224,8 +175,10 @@ def requester(url: str, photo: Path):
     return send
 
 
-def throughput(url: str, photo: Path, concurrency: int, requests: int) -> float:
-    """Requests per second with `concurrency` clients, each sending its next request on answer."""
+def throughput(url: str, photo: Path, concurrency: int, requests: int, proc: subprocess.Popen | None = None
+               ) -> tuple[float, float]:
+    """Requests per second with `concurrency` clients, each sending its next request on answer ->
+    (req/s, the server's CPU ms per request: what `proc`'s process tree spent, over the same requests)."""
     local = threading.local()
 
     def one(_):
@@ -235,23 +188,10 @@ def throughput(url: str, photo: Path, concurrency: int, requests: int) -> float:
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(min(requests, 4 * concurrency))))          # warm-up
-        t0 = time.perf_counter()
+        cpu0, t0 = server_cpu_s(proc) if proc else 0.0, time.perf_counter()
         list(pool.map(one, range(requests)))
-        return requests / (time.perf_counter() - t0)
-
-
-def _stop(procs) -> None:
-    """SIGTERM to each server's process group, SIGKILL to a group still there 30 s later (an arbiter
-    whose workers crash at start-up may not stop on SIGTERM, and would skew every later measurement)."""
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        seconds, cpu = time.perf_counter() - t0, (server_cpu_s(proc) - cpu0 if proc else 0.0)
+        return requests / seconds, cpu / requests * 1000
 
 
 def report(photo: Path, ref: str, policy, lat: dict, rps: dict, rounds: int) -> None:
@@ -285,7 +225,7 @@ def main() -> None:
 
     roof = measure()
     print(roof.line(), flush=True)
-    forwards, policy, macs = raw_forwards(args.photo)
+    forwards, policy, macs, batched_ms = raw_forwards(args.photo)
     with tempfile.TemporaryDirectory() as tmp:
         procs, urls = {}, {}
         try:
@@ -296,12 +236,17 @@ def main() -> None:
             for k, cwd, home in services:
                 procs[k], urls[k] = serve(cwd, home)
             lat = side_by_side(urls, args.photo, forwards, args.requests)
-            runs = [{k: {c: throughput(u, args.photo, c, args.requests) for c in (1, 32)} for k, u in urls.items()}
-                    for _ in range(args.rounds)]
+            runs = [{k: {c: throughput(u, args.photo, c, args.requests, procs[k]) for c in (1, 32)}
+                     for k, u in urls.items()} for _ in range(args.rounds)]
         finally:
-            _stop(procs.values())
-    rps = {k: {c: statistics.median(r[k][c] for r in runs) for c in (1, 32)} for k in urls}
+            stop(procs.values())
+    rps = {k: {c: statistics.median(r[k][c][0] for r in runs) for c in (1, 32)} for k in urls}
+    cpu = {k: statistics.median(r[k][32][1] for r in runs) for k in urls}
     report(args.photo, args.baseline, policy, lat, rps, args.rounds)
+    for k in cpu:
+        print(f"{k}: server CPU per request at c=32 {cpu[k]:.2f} ms (workers + decoders)"
+              + (f"; the batched forward (batch {BATCH}, both models) {batched_ms:.2f} ms of it -> "
+                 f"{cpu[k] / batched_ms:.2f}x the model's share (target <= 1.5x)" if k == "new" else ""))
     for k in rps:                             # the old commit ran its models in fp32 NCHW
         gmacs = rps[k][32] * macs / 1e9
         peak = roof.peak("fp32" if k == "old" else str(policy.describe()["precision"]))

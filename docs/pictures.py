@@ -13,12 +13,11 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))             # bench/serve.py: start `bentoml serve` and wait for /readyz
+sys.path.insert(0, str(ROOT / "bench"))             # bench/servers.py: start `bentoml serve` and wait for /readyz
 PLOTS = {"reports/eval/rating/scatter.png": "results-scatter.png",
          "reports/eval/gender/confusion.png": "results-confusion.png",
          "reports/eval/rating/curves.png": "results-curves-rating.png",
@@ -35,10 +34,10 @@ def copy_plots(root: Path, docs: Path) -> list[Path]:
 
 
 def demo_screenshot(root: Path, photo: Path, target: Path) -> Path:
-    """The demo page with `photo`'s answer, as a PNG: this tree's service (bench/serve.py's `serve`),
+    """The demo page with `photo`'s answer, as a PNG: this tree's service (bench/servers.py's `serve`),
     serving the models that root's models/serving.json names (from the store in BENTOML_HOME)."""
     from playwright.sync_api import sync_playwright
-    from serve import serve
+    from servers import serve, stop
 
     serving = json.loads((root / "models/serving.json").read_text())
     os.environ.update(FACES_GENDER_MODEL=serving["gender"]["tag"], FACES_RATING_MODEL=serving["rating"]["tag"])
@@ -55,8 +54,7 @@ def demo_screenshot(root: Path, photo: Path, target: Path) -> Path:
             page.screenshot(path=str(target), full_page=True)
             browser.close()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
+        stop([proc])
     return target
 
 

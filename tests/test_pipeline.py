@@ -163,10 +163,11 @@ def test_full_pipeline_and_an_experiment_show_up_as_comparable_mlflow_runs(tmp_p
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_refit_on_every_photo_is_what_package_serves_while_evaluate_scores_the_split_model(tmp_path):
+@pytest.mark.parametrize("start, fraction", [("scratch", 1.0), ("split", 0.5)])
+def test_refit_on_every_photo_is_what_package_serves_while_evaluate_scores_the_split_model(tmp_path, start, fraction):
     """refit.enabled: the served weights learnt from train + val + test (in as many steps as the split
-    run); the registry's version and its test metrics are the split model's; the service answers
-    exactly what the refit bundle predicts."""
+    run, or from the split model in a fraction of them, as the profiles do); the registry's version and
+    its test metrics are the split model's; the service answers exactly what the refit bundle predicts."""
     import subprocess
 
     import torch
@@ -174,7 +175,8 @@ def test_refit_on_every_photo_is_what_package_serves_while_evaluate_scores_the_s
     from conftest import venv_env
 
     repo = copy_repo(tmp_path, {**TINY, "train": {"gender": {**TINY_TASK, "epochs": 3}, "rating": TINY_TASK},
-                                "refit": {"enabled": True, "budget": "steps"}})
+                                "refit": {"enabled": True, "budget": "steps", "start": start, "fraction": fraction,
+                                          "lr_scale": 0.2 if start == "split" else 1.0}})
     run(["dvc", "repro"], repo)
     sizes = json.loads((repo / "reports/split.json").read_text())
     for task, split_epochs in (("gender", 3), ("rating", 2)):
@@ -184,7 +186,8 @@ def test_refit_on_every_photo_is_what_package_serves_while_evaluate_scores_the_s
         n_all = sizes["train"] + sizes["val"] + sizes["test"]
         assert final["trained_on"]["photos"] == info["photos"] == n_all
         assert split["trained_on"]["photos"] == sizes["train"]
-        assert info["epochs"] == max(1, round(split_epochs * sizes["train"] / n_all))
+        assert info["epochs"] == max(1, round(split_epochs * sizes["train"] / n_all * fraction))
+        assert info["start"] == final["trained_on"]["start"] == start
         assert not all(torch.equal(final["state_dict"][k], v) for k, v in split["state_dict"].items())
         assert not (repo / f"models/{task}/final_checkpoint.pt").exists()
         served = json.loads((repo / "models/serving.json").read_text())[task]

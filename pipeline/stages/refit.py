@@ -13,7 +13,7 @@ model that lost the gate is never served, so its refit would be wasted). `refit.
 (epochs x train photos / all photos), so a refit costs what the split run cost. `refit.start: split`
 reuses the split run instead: the refit starts from the split model's weights and fine-tunes them on
 every photo for `refit.fraction` of that budget at `refit.lr_scale` of the peak learning rate
-(profiles/scut.yaml: a quarter at 0.2; measured in docs/speed.md).
+(profiles/scut.yaml: an eighth at 0.2; measured in docs/speed.md).
 
 Writes `<model>/final.pt` (the weights to serve: the refit, or a copy of `model.pt` when
 `refit.enabled` is false), `<model>/final.json` (what was done), `<model>/final_history.json` and
@@ -55,6 +55,18 @@ def recipe(bundle: dict) -> tuple[ModelConfig, list[str]]:
     return ModelConfig(**{**cfg, "widths": tuple(cfg["widths"])}), list(bundle["heads"])
 
 
+def starting_net(mcfg: ModelConfig, heads: list[str], seed: int, start: str, split_model: Path
+                 ) -> tuple[torch.nn.Module, str]:
+    """-> (the network the refit starts from, its origin for the checkpoint's fingerprint): the
+    recipe's seeded initial weights (`scratch`), or the split model's trained ones (`split`: a
+    fine-tune of what the split run learnt instead of learning it again)."""
+    net = init_model(mcfg, heads, seed)
+    if start == "scratch":
+        return net, ""
+    net.load_state_dict(torch.load(split_model, weights_only=True, map_location="cpu")["state_dict"])
+    return net, "split:" + sha256_file(split_model)   # a checkpoint resumes only from the same start
+
+
 def keep_split_model(model_dir: Path, why: str) -> None:
     """No refit (off, or the split model is not the champion) -> final.pt is a copy of model.pt."""
     with atomic_path(model_dir / "final.pt") as tmp:
@@ -80,11 +92,8 @@ def refit(params, task: str, model_dir: Path, data: Path, split: Path) -> dict:
     every = {"train": merge_parts([parts[p] for p in PARTS])}      # no "val": nothing to choose by
     rcfg = refit_config(cfg, len(parts["train"]), len(every["train"]), params.refit)
     run_id = json.loads((model_dir / "run.json").read_text())["run_id"]
-    net, out, ck = init_model(mcfg, heads, cfg.seed), model_dir / "final.pt", model_dir / "final_checkpoint.pt"
-    start = "scratch"
-    if params.refit.start == "split":    # fine-tune what the split run learnt instead of learning it again
-        net.load_state_dict(split_bundle["state_dict"])
-        start = "split:" + sha256_file(model_dir / "model.pt")   # a checkpoint resumes only from the same start
+    net, start = starting_net(mcfg, heads, cfg.seed, params.refit.start, model_dir / "model.pt")
+    out, ck = model_dir / "final.pt", model_dir / "final_checkpoint.pt"
     with tracking.continue_run(params, run_id):
         t0 = time.time()
         res = fit(net, every, task, rcfg, policy, ck, origin=start,

@@ -37,6 +37,11 @@ def test_repo_params_load_into_frozen_dataclasses():
     (lambda r: r["ingest"].update(sources=r["ingest"]["sources"] * 2), "unique names"),
     (lambda r: r["ingest"]["sources"][0].update(name="../x"), "letters, digits"),
     (lambda r: r["validate"].update(female_fraction=[0.5]), "expected a list of 2"),
+    (lambda r: r["train"]["rating"].update(val_every=2), "train.rating.val_every: 1, or more with select: last"),
+    (lambda r: r["train"]["gender"].update(val_every=0), "train.gender.val_every"),
+    (lambda r: r["refit"].update(fraction=0), "refit: fraction and lr_scale must be in"),
+    (lambda r: r["refit"].update(lr_scale=2), "refit: fraction and lr_scale"),
+    (lambda r: r["refit"].update(start="best"), "params.refit.start: 'best' is not one of"),
 ])
 def test_bad_params_are_rejected_with_the_key_named(tmp_path, mutate, message):
     with pytest.raises(ParamsError, match=message.replace("[", r"\[").replace("]", r"\]")):

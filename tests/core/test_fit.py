@@ -79,6 +79,27 @@ def test_checkpoint_of_another_config_is_not_resumed(small_parts, tmp_path):
     assert [h["epoch"] for h in res.history] == [1]          # started over instead of "already done"
 
 
+def test_a_checkpoint_from_other_starting_weights_is_not_resumed(small_parts, tmp_path):
+    cfg = _cfg("gender", epochs=2)
+    fit(_net(cfg, "gender"), small_parts, "gender", cfg, CPU, tmp_path / "c.pt", stop_after=1)
+    res = fit(_net(cfg, "gender"), small_parts, "gender", cfg, CPU, tmp_path / "c.pt", origin="split:abc")
+    assert [h["epoch"] for h in res.history] == [1, 2]       # a refit from the split model starts over
+    cut = fit(_net(cfg, "gender"), small_parts, "gender", cfg, CPU, tmp_path / "d.pt", stop_after=1, origin="split:abc")
+    res = fit(_net(cfg, "gender"), small_parts, "gender", cfg, CPU, tmp_path / "d.pt", origin="split:abc")
+    assert len(cut.history) == 1 and [h["epoch"] for h in res.history] == [1, 2]   # the same origin resumes
+
+
+def test_val_every_validates_every_kth_and_the_last_epoch_and_trains_the_same_weights(small_parts):
+    cfg = _cfg("rating", epochs=5, select="last", ema=0.9)
+    every = fit(_net(cfg, "rating"), small_parts, "rating", cfg, CPU)
+    sparse = fit(_net(cfg, "rating"), small_parts, "rating", dataclasses.replace(cfg, val_every=2), CPU)
+    assert [h["val_pearson"] is not None for h in sparse.history] == [False, True, False, True, True]
+    assert all("val_pearson" in h for h in sparse.history)          # null, not missing: DVC plots need the key
+    assert sparse.best_metric == every.best_metric == every.history[-1]["val_pearson"]
+    for k, v in every.best_state.items():
+        assert torch.equal(v, sparse.best_state[k]), k              # validation changes no weight
+
+
 def test_early_stopping_stops_after_patience(small_parts):
     cfg = _cfg("gender", epochs=30, patience=2, lr=1e-9)    # nothing improves after epoch 1
     res = fit(_net(cfg, "gender"), small_parts, "gender", cfg, CPU)

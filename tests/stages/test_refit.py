@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from pipeline.core.config import load_params
-from pipeline.stages.refit import recipe, refit_config
+from pipeline.stages.refit import recipe, refit_config, starting_net
 
 from conftest import ROOT
 
@@ -50,3 +50,24 @@ def test_each_estimate_seed_changes_split_and_init_and_registers_nothing():
     for want in ("split.seed=4", "train.gender.seed=4", "train.rating.seed=4", "refit.enabled=false",
                  "evaluate.promote=false"):
         assert want in sets
+
+
+def test_a_refit_starts_from_the_seeds_weights_or_from_the_split_models(tmp_path):
+    import torch
+
+    from pipeline.core.fit import init_model
+    from pipeline.core.model import ModelConfig, make_bundle
+
+    mcfg, heads = ModelConfig("convnet", (4, 8), 0.0, 16), ["rating"]
+    trained = init_model(mcfg, heads, 7)
+    path = tmp_path / "model.pt"
+    torch.save(make_bundle(trained, mcfg, heads, "rating", {}, {}, {}), path)
+    fresh, origin = starting_net(mcfg, heads, 0, "scratch", path)
+
+    def same(a, b) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    assert origin == "" and same(fresh.state_dict(), init_model(mcfg, heads, 0).state_dict())
+    warm, origin = starting_net(mcfg, heads, 0, "split", path)
+    assert origin.startswith("split:") and same(warm.state_dict(), trained.state_dict())
+    assert not same(warm.state_dict(), fresh.state_dict())

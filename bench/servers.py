@@ -1,0 +1,102 @@
+"""Servers for the benches: `bentoml serve` of a tree on a free loopback port, an old commit's code and
+a model store it can read, the server's CPU, and a stop that leaves nothing running.
+
+Used by bench/serve.py (this tree against an older commit) and docs/pictures.py (the demo page).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def serve(cwd: Path = ROOT, home: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """`bentoml serve` of the service in `cwd` (its own pipeline/ and service/ come first on the path)
+    on a free loopback port, with the model store `home` (default: this one's) -> (process, url) once
+    /readyz answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bentoml = Path(sys.executable).parent / "bentoml"
+    proc = subprocess.Popen([str(bentoml), "serve", "service.service:Faces", "--host", "127.0.0.1", "--port",
+                             str(port)], cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(cwd)}
+                            | ({"BENTOML_HOME": str(home)} if home else {}))
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        if proc.poll() is not None:
+            stop([proc])                             # its workers may still be starting
+            raise RuntimeError(f"bentoml serve in {cwd} exited with {proc.returncode}: run `make serve` to see why "
+                               "(an old --baseline refuses models packaged by newer code; --baseline none)")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    stop([proc])
+    raise RuntimeError("bentoml serve did not become ready")
+
+
+def export_commit(ref: str, into: Path) -> Path:
+    """The service code of commit `ref` (pipeline/ and service/), exported with `git archive`."""
+    into.mkdir()
+    tar = subprocess.run(["git", "archive", ref, "pipeline", "service"], cwd=ROOT, check=True,
+                         capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=tar, check=True)
+    return into
+
+
+def baseline_store(into: Path) -> Path:
+    """A BentoML home for the old service with the same two models (the same weights files), their
+    metadata given the flat keys that commits before the serving bounds (issue 10) read, which newer
+    packaging nests under `serving` -> its path."""
+    import bentoml
+    import yaml
+
+    for task in ("gender", "rating"):
+        src = Path(bentoml.models.get(os.environ[f"FACES_{task.upper()}_MODEL"]).path)
+        dst = into / "models" / src.parent.name / src.name
+        dst.mkdir(parents=True)
+        (dst / "model.pt").symlink_to(src / "model.pt")
+        info = yaml.safe_load((src / "model.yaml").read_text())
+        bounds = info["metadata"]["serving"]
+        info["metadata"].update(max_upload_bytes=int(bounds["max_upload_mb"] * 2**20), max_pixels=bounds["max_pixels"])
+        (dst / "model.yaml").write_text(yaml.safe_dump(info))
+    return into
+
+
+def server_cpu_s(proc: subprocess.Popen) -> float:
+    """CPU seconds so far of a server's processes: its workers and their decoder children."""
+    import psutil
+
+    total = 0.0
+    for p in psutil.Process(proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def stop(procs, grace_s: float = 30.0) -> None:
+    """SIGTERM to each server's process group, then SIGKILL to whatever of the group is left once the
+    server exited or `grace_s` passed (an arbiter whose workers crash at start-up may not stop on
+    SIGTERM, and a leftover worker would skew every later measurement)."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
