@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.core.atomic import write_text
 from pipeline.core.config import load_params
 from pipeline.core.data import PARTS, load_parts, merge_parts, on_served_scale
 from pipeline.core.execution import Execution, resolve, select_device
@@ -37,22 +38,25 @@ ROOT = Path(__file__).resolve().parents[1]
 HEADLINE = {"gender": ("accuracy",), "rating": ("pearson", "mae", "rmse")}
 
 
-def refit_on_train_val(params, task: str, start: str, out: Path, fraction: float | None = None) -> dict:
-    """The split model's recipe refitted on train + val from `start` (`fraction` of the budget: default
-    params') -> its test metrics and seconds."""
-    model_dir = ROOT / "models" / task
-    bundle = torch.load(model_dir / "model.pt", weights_only=True, map_location="cpu")
-    mcfg, heads = recipe(bundle)
+def split_run(task: str) -> tuple[dict, dict]:
+    """The split model's bundle and the split's parts on its rating scale, read once per task."""
+    bundle = torch.load(ROOT / "models" / task / "model.pt", weights_only=True, map_location="cpu")
     maps = {k: tuple(v) for k, v in bundle.get("trained_on", {}).get("rating_scales", {}).items()}
-    parts = on_served_scale(load_parts(ROOT / "data/ingested", ROOT / "data/split", PARTS), maps)
+    return bundle, on_served_scale(load_parts(ROOT / "data/ingested", ROOT / "data/split", PARTS), maps)
+
+
+def refit_on_train_val(params, task: str, bundle: dict, parts: dict, start: str, fraction: float, out: Path) -> dict:
+    """The split model's recipe refitted on train + val from `start`, for `fraction` of the budget (the
+    learning rate params' from `split`, the recipe's own from `scratch`) -> its test metrics and seconds."""
+    mcfg, heads = recipe(bundle)
     seen = merge_parts([parts["train"], parts["val"]])
-    rc = params.refit if start == "split" else dataclasses.replace(params.refit, fraction=1.0, lr_scale=1.0)
-    rc = dataclasses.replace(rc, start=start, fraction=fraction or rc.fraction)
+    rc = dataclasses.replace(params.refit, start=start, fraction=fraction,
+                             lr_scale=params.refit.lr_scale if start == "split" else 1.0)
     cfg = refit_config(getattr(params.train, task), len(parts["train"]), len(seen), rc)
     policy = resolve(Execution(params.train.precision, params.train.channels_last), select_device(params.train.device),
                      params.train.threads)
     policy.apply()
-    net, origin = starting_net(mcfg, heads, cfg.seed, start, model_dir / "model.pt")
+    net, origin = starting_net(mcfg, heads, cfg.seed, start, ROOT / "models" / task / "model.pt")
     t0 = time.time()
     res = fit(net, {"train": seen}, task, cfg, policy, origin=origin)
     seconds = time.time() - t0
@@ -78,13 +82,11 @@ def main() -> None:
     out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
-            maps = torch.load(ROOT / "models" / task / "model.pt", weights_only=True)["trained_on"].get("rating_scales", {})
-            test = on_served_scale(load_parts(ROOT / "data/ingested", ROOT / "data/split", ("test",)),
-                                   {k: tuple(v) for k, v in maps.items()})["test"]
-            out[task] = {"split model (train)": scored(task, ROOT / "models" / task / "model.pt", test, params)}
+            bundle, parts = split_run(task)
+            out[task] = {"split model (train)": scored(task, ROOT / "models" / task / "model.pt", parts["test"], params)}
             tries = [("split", f) for f in args.fractions or [params.refit.fraction]]
             for start, fraction in tries + ([("scratch", 1.0)] if args.scratch else []):
-                row = refit_on_train_val(params, task, start, Path(tmp) / f"{task}-{start}.pt", fraction)
+                row = refit_on_train_val(params, task, bundle, parts, start, fraction, Path(tmp) / f"{task}-{start}.pt")
                 out[task][f"refit from {start} x{fraction:g} (train + val)"] = row
                 print(task, start, fraction, row, flush=True)
     for task, rows in out.items():
@@ -92,8 +94,8 @@ def main() -> None:
             print(f"{task:<7} {name:<38} " + "  ".join(f"{k} {row[k]:.4f}" for k in HEADLINE[task])
                   + (f"  ({row['epochs']} epochs, lr {row['lr']:.5f}, {row['seconds']:.0f} s)" if "epochs" in row else ""))
     (ROOT / "reports").mkdir(exist_ok=True)
-    (ROOT / "reports" / "refit-check.json").write_text(json.dumps({"refit": dataclasses.asdict(params.refit),
-                                                                    "tasks": out}, indent=1) + "\n")
+    write_text(ROOT / "reports" / "refit-check.json", json.dumps({"refit": dataclasses.asdict(params.refit),
+                                                                  "tasks": out}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
