@@ -5,8 +5,9 @@
 
 Greedy, with no timer: a lone request goes to the model at once (no added latency at concurrency 1),
 and under load each batch takes the largest power of two of what queued up during the previous one
-(the rest goes first in the next), so the batch size follows the arrival rate up to `max_batch`. One batch runs at a time per worker process, in a worker thread,
-so the event loop keeps parsing uploads while the model works.
+(the rest goes first in the next), so the batch size follows the arrival rate up to `max_batch`. One
+batch runs at a time per worker process, in a worker thread, so the event loop keeps parsing uploads
+while the model works.
 
 Why not BentoML's `batchable` API for /predict: reaching it from inside the service is an HTTP hop
 through BentoML's self-proxy (serialise, request, parse, validate, answer, parse again). On the 2-core
