@@ -11,9 +11,10 @@ speed drifts by +-20 % between minutes):
 1. raw forward: the model call of each service (decode excluded) on one photo, in-process: the old
    one as it was (two float32 NCHW batch-1 calls per model), the new one through the policy;
 2. latency at concurrency 1: p50 / p99 of POST /predict;
-3. throughput at concurrency 1 and 32 (median of `--rounds` rounds, old and new alternating), and at
-   32 the server's CPU per request (its workers and decoder processes, from /proc) against the new
-   model call's CPU per photo in a batch of 16 (issue 26: at most 1.5x);
+3. throughput at concurrency 1 and 32 (median of `--rounds` rounds, old and new alternating; a c=32
+   round is `--load` requests, so that its ramp-up and drain are a small part of it), and at 32 the
+   server's CPU per request (its workers and decoder processes apart, from /proc) against the new
+   model call's CPU per photo in a batch of 16 (issue 26: at most 1.5x), and the batches it formed;
 4. the face step: decode + crop of a ~1 MP JPEG with and without finding the face (this tree).
 The photo is a real 350 px SCUT-FBP5500 photo from ../shared when it is there (its JPEG is decoded
 in draft mode when the model input allows), else service/example.jpg (160 px, synthetic).
@@ -39,11 +40,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from servers import ROOT, baseline_store, export_commit, serve, server_cpu_s, stop
+from servers import ROOT, baseline_store, batch_sizes, export_commit, serve, server_cpu_s, stop
 
 EXAMPLE = ROOT / "service" / "example.jpg"
 SCUT_PHOTO = ROOT.parent / "shared" / "data" / "facescore" / "images" / "ftw101.jpg"   # 350 x 350
 PHOTO = SCUT_PHOTO if SCUT_PHOTO.is_file() else EXAMPLE
+LOAD = 1280                   # requests per c=32 round (~3-6 s here)
 BATCH = 16                    # photos per model call that a worker's batch at concurrency 32 holds, about
 BASELINE = "141ddb7"          # the commit before the speed work (issue 12; fp32 NCHW, 2 batch-1 calls, no guard)
 
@@ -176,9 +178,10 @@ def requester(url: str, photo: Path):
 
 
 def throughput(url: str, photo: Path, concurrency: int, requests: int, proc: subprocess.Popen | None = None
-               ) -> tuple[float, float]:
+               ) -> tuple[float, dict[str, float]]:
     """Requests per second with `concurrency` clients, each sending its next request on answer ->
-    (req/s, the server's CPU ms per request: what `proc`'s process tree spent, over the same requests)."""
+    (req/s, the server's CPU ms per request by kind of process (servers.server_cpu_s), over the
+    same requests)."""
     local = threading.local()
 
     def one(_):
@@ -188,10 +191,10 @@ def throughput(url: str, photo: Path, concurrency: int, requests: int, proc: sub
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(min(requests, 4 * concurrency))))          # warm-up
-        cpu0, t0 = server_cpu_s(proc) if proc else 0.0, time.perf_counter()
+        cpu0, t0 = server_cpu_s(proc) if proc else {}, time.perf_counter()
         list(pool.map(one, range(requests)))
-        seconds, cpu = time.perf_counter() - t0, (server_cpu_s(proc) - cpu0 if proc else 0.0)
-        return requests / seconds, cpu / requests * 1000
+        seconds, cpu1 = time.perf_counter() - t0, server_cpu_s(proc) if proc else {}
+        return requests / seconds, {k: (cpu1[k] - cpu0[k]) / requests * 1000 for k in cpu1}
 
 
 def report(photo: Path, ref: str, policy, lat: dict, rps: dict, rounds: int) -> None:
@@ -212,7 +215,9 @@ def report(photo: Path, ref: str, policy, lat: dict, rps: dict, rounds: int) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=200, help="requests per measurement")
+    ap.add_argument("--requests", type=int, default=200, help="requests per latency / c=1 measurement")
+    ap.add_argument("--load", type=int, default=LOAD, help="requests per c=32 round: steady state, where the "
+                    "ramp-up and the drain (small batches, new connections) are a small part of it")
     ap.add_argument("--rounds", type=int, default=3, help="throughput rounds (c=1, 32 each, old and new); medians")
     ap.add_argument("--photo", type=Path, default=PHOTO, help=f"the JPEG to send (default: {PHOTO.name})")
     ap.add_argument("--baseline", default=BASELINE, help="git commit to compare with; none: this tree only "
@@ -236,17 +241,23 @@ def main() -> None:
             for k, cwd, home in services:
                 procs[k], urls[k] = serve(cwd, home)
             lat = side_by_side(urls, args.photo, forwards, args.requests)
-            runs = [{k: {c: throughput(u, args.photo, c, args.requests, procs[k]) for c in (1, 32)}
-                     for k, u in urls.items()} for _ in range(args.rounds)]
+            before = batch_sizes(urls["new"])
+            runs = [{k: {c: throughput(u, args.photo, c, args.load if c == 32 else args.requests, procs[k])
+                         for c in (1, 32)} for k, u in urls.items()} for _ in range(args.rounds)]
+            after = batch_sizes(urls["new"])
+            mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
         finally:
             stop(procs.values())
     rps = {k: {c: statistics.median(r[k][c][0] for r in runs) for c in (1, 32)} for k in urls}
-    cpu = {k: statistics.median(r[k][32][1] for r in runs) for k in urls}
+    cpu = {k: {kind: statistics.median(r[k][32][1][kind] for r in runs) for kind in ("workers", "decoders")}
+           for k in urls}
     report(args.photo, args.baseline, policy, lat, rps, args.rounds)
-    for k in cpu:
-        print(f"{k}: server CPU per request at c=32 {cpu[k]:.2f} ms (workers + decoders)"
-              + (f"; the batched forward (batch {BATCH}, both models) {batched_ms:.2f} ms of it -> "
-                 f"{cpu[k] / batched_ms:.2f}x the model's share (target <= 1.5x)" if k == "new" else ""))
+    for k, c in cpu.items():
+        total = c["workers"] + c["decoders"]
+        print(f"{k}: server CPU per request at c=32 {total:.2f} ms (workers {c['workers']:.2f} + decoder processes "
+              f"{c['decoders']:.2f})" + (f"; the batched forward (batch {BATCH}, both models) {batched_ms:.2f} ms of it "
+                                         f"-> {total / batched_ms:.2f}x the model's share (target <= 1.5x); "
+                                         f"its batches held {mean_batch:.1f} photos on average" if k == "new" else ""))
     for k in rps:                             # the old commit ran its models in fp32 NCHW
         gmacs = rps[k][32] * macs / 1e9
         peak = roof.peak("fp32" if k == "old" else str(policy.describe()["precision"]))

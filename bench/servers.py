@@ -75,16 +75,27 @@ def baseline_store(into: Path) -> Path:
     return into
 
 
-def server_cpu_s(proc: subprocess.Popen) -> float:
-    """CPU seconds so far of a server's processes: its workers and their decoder children."""
+def server_cpu_s(proc: subprocess.Popen) -> dict[str, float]:
+    """CPU seconds so far of a server's processes by kind: "decoders" (service/decoder.py's children,
+    `python -m service.decoder`) and "workers" (every other process of the server's tree)."""
     import psutil
 
-    total = 0.0
+    total = {"workers": 0.0, "decoders": 0.0}
     for p in psutil.Process(proc.pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
             t = p.cpu_times()
-            total += t.user + t.system
+            total["decoders" if "service.decoder" in p.cmdline() else "workers"] += t.user + t.system
     return total
+
+
+def batch_sizes(url: str) -> tuple[float, float]:
+    """(photos, model calls) of /predict and /predict_batch so far, summed over the server's workers
+    (service/service.py's faces_predict_batch_size histogram on /metrics)."""
+    import re
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return tuple(sum(float(v) for v in re.findall(rf"^faces_predict_batch_size_{part}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+                 for part in ("sum", "count"))  # type: ignore[return-value]
 
 
 def stop(procs, grace_s: float = 30.0) -> None:

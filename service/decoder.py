@@ -12,8 +12,9 @@ parent's thread for that child waits for the answer and, every POLL_S, checks th
   cost over GRACE_CPU_S, else GRACE_S later if it has not finished by then (an ordinary photo has,
   and respawning a child costs more than finishing it);
 - no answer within `wall_s` (the machine is that overloaded): killed, 'decode timed out' (503).
-A killed child is replaced by a fresh one; a child whose memory grew past `max_rss_mb` after a photo
-is replaced too, so a bomb's buffers never stay with the server.
+A killed child is replaced by a fresh one; a child whose memory grew past `max_rss_mb` is replaced
+too (read after every big or refused photo and every RSS_EVERY-th answer), so a bomb's buffers never
+stay with the server.
 
 Wire format, both ways: 4-byte big-endian length + pickle. Only the parent's own objects are pickled
 (the photo travels as bytes inside the task), so nothing a client sends is unpickled.
@@ -32,7 +33,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,7 @@ POLL_S = 0.02
 GRACE_S = 0.25           # a decode goes on this long after its client left, then its child is killed,
 GRACE_CPU_S = 0.05       # ... or at once when it has already cost this much CPU
 TRIM_PIXELS = 4_000_000
+RSS_EVERY = 16           # a child's memory is read after every big photo and every 16th answer
 
 
 class DecodeRefused(Exception):
@@ -87,6 +88,7 @@ class _Child:
         if not (isinstance(ready, tuple) and ready[0] == "ready"):
             raise RuntimeError(f"decoder child failed to start: {ready!r}")
         self.cpu_mark = ready[1]                   # its CPU seconds when it last answered
+        self.answers = 0
 
     def cpu_s(self) -> float:
         """The child's user + system CPU seconds so far (/proc: ~20 us)."""
@@ -103,8 +105,22 @@ class _Child:
                 stream.close()
 
 
+class _Job:
+    """One photo for a decode thread; `stopped` is set from the event loop when its client left (a
+    plain attribute: a threading.Event per photo cost more than the rest of the hand-over)."""
+
+    __slots__ = ("data", "budget_s", "stopped", "loop", "future")
+
+    def __init__(self, data: bytes, budget_s: float, loop: asyncio.AbstractEventLoop, future: asyncio.Future):
+        self.data, self.budget_s, self.stopped, self.loop, self.future = data, budget_s, False, loop, future
+
+
 class DecodePool:
-    """`await pool.frame(data, budget_s)` -> Decoded; raises pipeline's ImageError or DecodeRefused."""
+    """`await pool.frame(data, budget_s)` -> Decoded; raises pipeline's ImageError or DecodeRefused.
+
+    One thread per child takes photos from a queue and hands each answer back to the event loop with
+    call_soon_threadsafe: no executor future per photo (run_in_executor's hand-over cost a tenth of
+    a worker's event loop at concurrency 32)."""
 
     def __init__(self, n: int, setup: dict, wall_s: float = 10.0, max_rss_mb: float = 600.0, on_kill=None):
         self.setup, self.wall_s, self.max_rss_mb = setup, wall_s, max_rss_mb
@@ -112,22 +128,34 @@ class DecodePool:
         self.idle: queue.Queue[_Child] = queue.Queue()
         for _ in range(n):
             self.idle.put(_Child(setup))
-        self.threads = ThreadPoolExecutor(n, thread_name_prefix="decode")
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._serve, name=f"decode-{i}", daemon=True) for i in range(n)]
+        for t in self.threads:
+            t.start()
         self.killed = 0                                   # children stopped (budget, hang-up, wall)
 
     async def frame(self, data: bytes, budget_s: float) -> Decoded:
-        stop = threading.Event()
-        fut = asyncio.get_running_loop().run_in_executor(self.threads, self._run, data, budget_s, stop)
+        loop = asyncio.get_running_loop()
+        job = _Job(data, budget_s, loop, loop.create_future())
+        self.jobs.put(job)
         try:
-            return await asyncio.shield(fut)
+            return await job.future
         except asyncio.CancelledError:       # the client left: stop the decode, not just stop waiting
-            stop.set()
-            fut.cancel()                       # not started yet (queued behind others): never starts
-            fut.add_done_callback(lambda f: f.cancelled() or f.exception())   # a 499 nobody reads
+            job.stopped = True                 # (a job still queued never starts)
             raise
 
-    def _run(self, data: bytes, budget_s: float, stop: threading.Event) -> Decoded:
-        if stop.is_set():                      # its client left while it queued
+    def _serve(self) -> None:
+        """A decode thread: photos from the queue, each answer (or error) back to its event loop."""
+        while (job := self.jobs.get()) is not None:
+            try:
+                result, error = self._run(job.data, job.budget_s, job), None
+            except Exception as e:  # noqa: BLE001 - handed to the awaiting request
+                result, error = None, e
+            with contextlib.suppress(RuntimeError):        # its event loop has closed: nobody waits
+                job.loop.call_soon_threadsafe(_deliver, job.future, result, error)
+
+    def _run(self, data: bytes, budget_s: float, stop: _Job) -> Decoded:
+        if stop.stopped:                       # its client left while it queued
             raise DecodeRefused(499, "client gone")
         child = self.idle.get()
         try:
@@ -135,7 +163,7 @@ class DecodePool:
             _send(child.stdin, data)
             while not select.select([child.stdout], [], [], POLL_S)[0]:
                 used = child.cpu_s() - child.cpu_mark     # /proc only for photos slower than a poll
-                if stop.is_set() and stopped_at is None:
+                if stop.stopped and stopped_at is None:
                     stopped_at = time.monotonic()
                 # a client gone mid-decode: an ordinary photo (a few ms) is let finish, since a new
                 # child costs ~0.15 s of CPU to start and hang-ups must not buy that; a costly one
@@ -151,7 +179,12 @@ class DecodePool:
                     raise DecodeRefused(503, "decode timed out: server busy")
             status, value, pixels, cpu_now = _recv(child.stdout)
             cpu, child.cpu_mark = cpu_now - child.cpu_mark, cpu_now
-            if _rss_mb(child.proc.pid) > self.max_rss_mb:
+            child.answers += 1
+            # memory grows with a photo's pixels: read after a big photo, a refused one (a bomb may
+            # have allocated before it failed) and every RSS_EVERY-th answer (a /proc read per photo
+            # was 3 % of a worker's event loop)
+            checked = status == "error" or pixels > TRIM_PIXELS or child.answers % RSS_EVERY == 0
+            if checked and _rss_mb(child.proc.pid) > self.max_rss_mb:
                 child = self._replace(child, "memory")
             if status == "error":
                 raise ImageError(*value)                  # the image path's reason and detail
@@ -169,9 +202,20 @@ class DecodePool:
         return _Child(self.setup)
 
     def close(self) -> None:
+        for _ in self.threads:
+            self.jobs.put(None)
         while not self.idle.empty():
             self.idle.get().kill()
-        self.threads.shutdown(wait=False)
+
+
+def _deliver(future: asyncio.Future, result: Decoded | None, error: Exception | None) -> None:
+    """On the event loop: the decode's outcome, unless its request was cancelled meanwhile."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 def give_memory_back() -> None:

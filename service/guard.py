@@ -15,6 +15,7 @@ An ASGI middleware in front of BentoML's handlers for POST /predict, /predict_ba
    same parts) *as it streams in*: every part must be a non-empty *file* (`filename=`) in the
    route's one field, with an image or octet-stream type, within the per-file size; the part after
    the last allowed one is refused before its bytes arrive.
+   The checked files' bytes go on in the scope (`requests.PHOTOS`), for service/direct.py.
 5. Hang-ups: a client that disconnects while its request waits is detected and its handler is
    cancelled, so its photos never reach the model (service/batcher.py skips cancelled ones).
 Anything refused gets a JSON 4xx `{"error": ...}` with `Connection: close` (the rest of a refused
@@ -31,7 +32,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from service.requests import PartsCheck, Refused, Route, check_headers, normalised
+from service.requests import PHOTOS, PartsCheck, Refused, Route, check_headers, normalised
 
 log = logging.getLogger("faces.guard")
 SLOW_AFTER_S = 0.5      # a body still arriving after this stops counting against max_inflight
@@ -72,13 +73,14 @@ class UploadGuard:
         self.fast_reading += 1
         slow = [False]
         try:
-            body = await self._read(scope, receive, send, route, path, slow)
+            got = await self._read(scope, receive, send, route, path, slow)
         finally:
             self.reading -= 1
             if not slow[0]:
                 self.fast_reading -= 1
-        if body is None:
+        if got is None:
             return self._maybe_idle()
+        body, photos = got
         if self.inflight >= self.max_inflight:   # filled up while this body arrived (slowly)
             return await self._shed_one(send, path)
         self.inflight += 1
@@ -92,14 +94,19 @@ class UploadGuard:
                 held[0] = False
                 self.inflight -= 1
                 self._observe("inflight", self.inflight)
+        scope = normalised(scope, route)
+        if photos is not None:
+            scope[PHOTOS] = photos
         try:
-            await self._forward(normalised(scope, route), receive, send, body, release)
+            await self._forward(scope, receive, send, body, release)
         finally:
             release()
             self._maybe_idle()
 
-    async def _read(self, scope, receive, send, route: Route, path: str, slow: list[bool]) -> bytes | None:
-        """The checked body, or None when the request was refused or the client left.
+    async def _read(self, scope, receive, send, route: Route, path: str, slow: list[bool]
+                    ) -> tuple[bytes, list[bytes] | None] | None:
+        """(The checked body, its files' bytes for a multipart route), or None when the request was
+        refused or the client left.
 
         A body arriving at full speed counts against max_inflight (so overload is shed before any
         body is read); one still arriving after SLOW_AFTER_S stops counting (`slow[0]` is set): a
@@ -140,7 +147,7 @@ class UploadGuard:
                     break
             if parts is not None:
                 parts.finish()
-            return bytes(body)
+            return bytes(body), parts.files if parts is not None else None
         except Refused as r:
             log.warning("POST %s %d %s", path, r.status, r.reason)
             self._observe("shed" if r.status == 503 else "refused")

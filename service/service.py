@@ -7,47 +7,44 @@ Models come from the BentoML store (`pipeline/stages/package.py` puts the MLflow
 default to the latest `faces-gender` / `faces-rating` and can be pinned with FACES_GENDER_MODEL /
 FACES_RATING_MODEL. Their weights are checked against the sha256 recorded by `package` before
 anything starts, and their metadata carries the preprocessing contract and the serving bounds
-(service/limits.py). A request passes service/guard.py (admission, headers, multipart structure),
-then BentoML's validators open each upload's header (format allow-list, pixel limits), then a
-bounded thread pool decodes it, finds the face and crops it with the pipeline's own `frame` (the
-crop the models were trained on: centre, or the face step with the detector settings stored in the
-model; a photo without a face is a 422), and concurrent photos share model batches
-(service/batcher.py). /infer takes pixels and is BentoML-`batchable`.
+(service/limits.py). A photo request passes service/guard.py (admission, headers, multipart
+structure, the files' bytes), then service/direct.py hands the checked files to `_score`: killable
+decoder processes (service/decoder.py) open each one's header (format allow-list, pixel limits),
+decode it, find the face and crop it with the pipeline's own `frame` (the crop the models were
+trained on: centre, or the face step with the detector settings stored in the model; a photo
+without a face is a 422), and concurrent photos share model batches (service/batcher.py). /infer
+takes pixels and is BentoML-`batchable`.
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import dataclasses
-import hashlib
+import functools
 import logging
 import os
-import re
-from functools import cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import UnprocessableEntity
 from PIL import Image
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError
-from starlette.applications import Starlette
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from starlette.datastructures import UploadFile
-from starlette.responses import HTMLResponse
-from starlette.routing import Route
 
 from pipeline.core.model import predict as model_predict
 from pipeline.core.model import serving_model
 from pipeline.core.preprocess import Framed, ImageError
 from pipeline.core.tasks import SERVED
-from service import frontdoor
+from service import direct, frontdoor
+from service.answers import FaceBox, ModelVersions, NoFace, Prediction
 from service.batcher import Batcher
 from service.decoder import DecodePool, DecodeRefused, give_memory_back
 from service.guard import EarlyShed, UploadGuard
 from service.limits import check_models, guard_routes
 from service.logs import ClientErrorFilter
 from service.openapi import DocsAnswers
+from service.pages import PAGES
 from service.settings import CPUS, RESOURCES, THREADS, TIMEOUT_S, WORKERS
 
 EXAMPLE_INPUT = Path(__file__).parent / "example.jpg"
@@ -136,42 +133,6 @@ Pixels = Annotated[str, AfterValidator(checked_pixels)]
 PixelBatch = Annotated[list[Pixels], Field(min_length=1, max_length=BOUNDS.max_batch_files)]
 
 
-class ModelVersions(BaseModel):
-    gender_version: str
-    rating_version: str
-    source: str = Field(description="the data the models learnt from: `synthetic` (drawn faces: the answer "
-                                    "says nothing about a real face) or a real photo set, e.g. `scut`")
-    refit: bool = Field(description="the weights learnt from every photo of the data (train + val + test); "
-                                    "their test metrics are the estimate of the same recipe trained on the split")
-
-
-class FaceBox(BaseModel):
-    """Where the model looked: pixel coordinates in the uploaded photo as displayed (EXIF
-    orientation applied), origin top left."""
-    crop: Literal["face", "centre"] = Field(description="face: the face step found this face; centre: "
-                                            "models trained on centre crops score the centred square")
-    box: list[int] = Field(min_length=4, max_length=4, description="[x, y, width, height] of the face "
-                           "(crop=face) or of the centred square (crop=centre)")
-    confidence: int | None = Field(description="detector confidence: how many overlapping detection windows "
-                                   "voted for this face (OpenCV Haar neighbours; >= the model's min_neighbors, "
-                                   "higher is surer); null for centre crops")
-    angle: float = Field(description="degrees the face was turned back to upright before scoring (0: upright)")
-    faces_found: int = Field(description="faces found in the photo; the largest is scored (0 for centre crops)")
-
-
-class Prediction(BaseModel):
-    """One photo's answer (a typed model: documented in the OpenAPI schema, serialised directly)."""
-    gender: Literal["female", "male"]
-    gender_probability: float = Field(ge=0.5, le=1.0, description="probability of the predicted gender")
-    rating: float = Field(description="predicted attractiveness, on the 1-5 scale of the labels")
-    face: FaceBox
-    model: ModelVersions
-
-
-class NoFace(UnprocessableEntity):
-    """422: the photo is fine, but no face was found in it (never a made-up prediction)."""
-
-
 BATCH_SIZES = bentoml.metrics.Histogram(
     name="faces_predict_batch_size", documentation="photos per model call for /predict and /predict_batch",
     buckets=(1, 2, 4, 8, 16, 32, 64))
@@ -193,39 +154,7 @@ def guard_metrics(event: str, value: int = 1) -> None:
         GUARD_EVENTS.labels(event=event).inc(value)
 
 
-@cache
-def page(name: str, inline_style_attrs: bool = False) -> tuple[str, str]:
-    """A static page and its Content-Security-Policy: only this origin, and the page's own inline
-    <script>/<style> blocks by hash (an injected script has none). Swagger UI sets style attributes
-    from its bundle, so /docs also allows inline styles (not scripts)."""
-    html = (Path(__file__).parent / "static" / name).read_text()
-
-    def hashes(tag: str) -> str:
-        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
-        return " ".join("'sha256-" + base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() + "'"
-                        for b in blocks)
-    style = "'unsafe-inline'" if inline_style_attrs else hashes("style")
-    csp = (f"default-src 'self'; script-src 'self' {hashes('script')}; style-src 'self' {style}; "
-           "img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
-    return html, csp
-
-
-def html_answer(name: str, inline_style_attrs: bool = False) -> HTMLResponse:
-    """The page with its own CSP (frontdoor.Outer adds X-Frame-Options and Referrer-Policy)."""
-    html, csp = page(name, inline_style_attrs)
-    return HTMLResponse(html, headers={"content-security-policy": csp})
-
-
-async def index(_request) -> HTMLResponse:
-    return html_answer("index.html")
-
-
-async def docs(_request) -> HTMLResponse:
-    """Swagger UI for /docs.json (BentoML's own page lived at /, where the demo page is now)."""
-    return html_answer("docs.html", inline_style_attrs=True)
-
-
-@bentoml.asgi_app(Starlette(routes=[Route("/", index), Route("/docs", docs)]), path="/")
+@bentoml.asgi_app(PAGES, path="/")
 # The access log's request type/length fields are off: BentoML decodes those request headers as UTF-8
 # when it logs the answer, so one non-UTF-8 byte in a Content-Type turned any answer into a dropped
 # connection with an ERROR traceback (found by bench/hardening.py's fuzz).
@@ -257,6 +186,9 @@ class Faces:
             "size": self.size, "max_pixels": BOUNDS.max_pixels, "threads": CPUS,
             "face": dataclasses.asdict(self.face) if self.face is not None else None},
             wall_s=10 * BOUNDS.decode_cpu_s, on_kill=lambda reason: DECODER_KILLS.labels(reason=reason).inc())
+        # HTTP photos, once the guard has checked them, are answered by service/direct.py
+        direct.answer("/predict", self._score_one)
+        direct.answer("/predict_batch", functools.partial(self._score, field="images"))
 
     # max_latency_ms = the traffic timeout: BentoML's dispatcher never sheds on its own (its 503 had a
     # generic body, no Retry-After and an ERROR traceback); admission is the guard's (max_inflight)
@@ -286,16 +218,16 @@ class Faces:
             rows.extend(np.stack(cols, axis=1).tolist())
         return rows
 
-    async def _decode(self, images: list[Image.Image], field: str) -> list[Framed]:
-        """Uploads -> decoded, face found (when the models use face crops), cropped and resized in
-        the decoder processes, one photo at a time, within the per-photo and per-request CPU budgets
+    async def _decode(self, photos: list[bytes], field: str) -> list[Framed]:
+        """Uploaded files -> decoded, face found (when the models use face crops), cropped and resized
+        in the decoder processes, one photo at a time, within the per-photo and per-request CPU budgets
         and the request's pixel budget. No face: 422; not a usable photo, or over a budget: 400."""
         out, cpu, pixels = [], 0.0, 0
-        for i, im in enumerate(images):
-            which = "" if len(images) == 1 else f"photo {i + 1} of {len(images)}: "
+        for i, data in enumerate(photos):
+            which = "" if len(photos) == 1 else f"photo {i + 1} of {len(photos)}: "
             budget = min(BOUNDS.decode_cpu_s, BOUNDS.request_decode_cpu_s - cpu)
             try:
-                got = await self.decoder.frame(im.info["upload"], budget)
+                got = await self.decoder.frame(data, budget)
             except DecodeRefused as e:
                 if e.status == 503:
                     raise bentoml.exceptions.ServiceUnavailable(e.reason) from None
@@ -311,22 +243,30 @@ class Faces:
             out.append(got.framed)
         return out
 
+    async def _score(self, photos: list[bytes], field: str) -> list[Prediction]:
+        """Uploaded files -> one answer each, in order; the photos of one call share model batches."""
+        framed = await self._decode(photos, field)
+        out = await self.batcher.run([f.pixels for f in framed])
+        return [self._result(f, *row) for f, row in zip(framed, out, strict=True)]
+
+    async def _score_one(self, photos: list[bytes]) -> Prediction:
+        (answer,) = await self._score(photos, "image")
+        return answer
+
+    # Over HTTP, service/direct.py answers both routes with `_score` (the same answers, without
+    # BentoML's second parse of the body); these are the schema, and the API of in-process callers
     @bentoml.api
     async def predict(self, image: Photo) -> Prediction:
         """One photo (multipart file field `image`: JPEG, PNG or WebP) -> gender, its probability,
         rating, the face scored (box in the photo's pixels, detector confidence, faces found), model
         versions. 422 when no face is found; 400 for a file that is not a usable photo."""
-        (framed,) = await self._decode([image], "image")
-        (out,) = await self.batcher.run([framed.pixels])
-        return self._result(framed, *out)
+        return await self._score_one([image.info["upload"]])
 
     @bentoml.api
     async def predict_batch(self, images: Photos) -> list[Prediction]:
         """Several photos (repeated multipart file field `images`) -> one result each, in order.
         422 naming the photo when one has no face."""
-        framed = await self._decode(images, "images")
-        out = await self.batcher.run([f.pixels for f in framed])
-        return [self._result(f, *row) for f, row in zip(framed, out, strict=True)]
+        return await self._score([im.info["upload"] for im in images], "images")
 
 
 PHOTO_ANSWERS = ("408", "413", "422", "503")
@@ -338,6 +278,8 @@ Faces.add_asgi_middleware(UploadGuard, routes=guard_routes(BOUNDS, CONTRACT.imag
                           max_inflight=BOUNDS.max_inflight, retry_after_s=BOUNDS.retry_after_s,
                           read_timeout_s=BOUNDS.read_timeout_s, max_reading=BOUNDS.max_reading,
                           max_buffered_mb=BOUNDS.max_buffered_mb, metrics=guard_metrics, idle=give_memory_back)
+# innermost: the photos the guard checked are answered without BentoML's second parse
+Faces.add_asgi_middleware(direct.Direct, server=f"BentoML Service/{Faces.name}")  # type: ignore[attr-defined]
 # uvicorn's protocol with connection bounds; EarlyShed (outermost) sheds before BentoML's middlewares
 frontdoor.install(frontdoor.Bounds(header_timeout_s=BOUNDS.header_timeout_s, max_header_bytes=BOUNDS.max_header_kb * 1024,
                                    body_timeout_s=TIMEOUT_S, keep_alive_s=BOUNDS.keep_alive_s,
@@ -347,5 +289,5 @@ frontdoor.install(frontdoor.Bounds(header_timeout_s=BOUNDS.header_timeout_s, max
 
 def asgi():
     """The service as `bentoml serve` runs it, for in-process use (tests): Outer -> EarlyShed -> BentoML
-    (-> its middlewares -> UploadGuard -> the API)."""
+    (-> its middlewares -> UploadGuard -> Direct -> the API)."""
     return frontdoor.outer(Faces.to_asgi())

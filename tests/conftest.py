@@ -177,6 +177,18 @@ def served_models(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def client(served_models):
+    """service.service's ASGI app (to_asgi) under Starlette's TestClient, built once per test process:
+    BentoML registers its Prometheus metrics per process, so a second app would fail to start."""
+    from starlette.testclient import TestClient
+
+    from service.service import asgi
+
+    with TestClient(asgi()) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
 def server(server_process) -> str:
     return server_process[0]
 

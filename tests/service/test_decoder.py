@@ -80,3 +80,21 @@ def test_a_child_killed_from_outside_is_replaced_and_the_request_told_to_retry(p
         asyncio.run(pool.frame(_jpeg(), 1.0))
     assert e.value.status == 503
     assert asyncio.run(pool.frame(_jpeg(), 1.0)).pixels == 320 * 240
+
+
+def test_a_child_grown_past_its_memory_bound_is_replaced_after_a_big_photo():
+    """RSS is read after every big photo (and every RSS_EVERY-th answer): a child over max_rss_mb is
+    stopped and replaced, and the photo is still answered."""
+    from service.decoder import RSS_EVERY, TRIM_PIXELS
+
+    pool = DecodePool(1, SETUP, wall_s=20, max_rss_mb=1.0)        # every child is over 1 MB
+    try:
+        asyncio.run(pool.frame(_jpeg(), 1.0))
+        assert pool.killed == 0                                   # a small photo: not read, not replaced
+        got = asyncio.run(pool.frame(_jpeg(2400, 1800), 1.0))     # 4.3 MP > TRIM_PIXELS
+        assert 2400 * 1800 > TRIM_PIXELS and got.pixels == 2400 * 1800 and pool.killed == 1
+        for _ in range(RSS_EVERY):                                # small ones: read every RSS_EVERY-th
+            asyncio.run(pool.frame(_jpeg(), 1.0))
+        assert pool.killed == 2
+    finally:
+        pool.close()

@@ -288,3 +288,19 @@ def test_early_shedding_answers_before_the_app_when_the_guard_would_shed():
     conn = Conn(chunks=[b""])
     asyncio.run(early(conn.scope, conn.receive, conn.send))
     assert conn.status == 503 and conn.headers[b"retry-after"] == b"3" and reached == ["/predict"]
+
+
+def test_the_checked_photos_go_on_in_the_scope_and_the_body_in_one_piece():
+    from service.requests import PHOTOS
+
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append((scope.get(PHOTOS), (await receive())["body"]))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    body = _part("image", b"\xff\xd8jp\r\n--XyZeg") + b"--XyZ--\r\n"
+    conn = Conn(chunks=[body[:50], body[50:]])
+    asyncio.run(_guard(app)(conn.scope, conn.receive, conn.send))
+    assert conn.status == 200 and seen == [([b"\xff\xd8jp\r\n--XyZeg"], body)]

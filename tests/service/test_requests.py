@@ -69,3 +69,19 @@ def test_a_body_that_breaks_a_rule_is_refused_with_its_reason(body, status, word
     with pytest.raises(Refused) as e:
         check_parts(body + (b"--XyZ--\r\n" if body else b""), b"XyZ", ROUTE)
     assert e.value.status == status and words in e.value.reason
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 10_000])
+def test_the_checked_files_bytes_are_kept_exactly_whatever_the_chunking(chunk):
+    """The files the guard hands on (service/direct.py answers from them) are the parts' bytes, byte for
+    byte, also where a chunk ends inside a boundary look-alike that python-multipart holds back and
+    then gives back as data."""
+    from service.requests import PartsCheck
+
+    route = Route(b"multipart/form-data", b"images", 3, 10_000, 5_000)
+    photos = [b"\xff\xd8" + b"\r\n--XyZ-almost\r\n--Xy" * 20 + b"\r\n-", b"\x89PNG\r\n", b"RIFF\r\n--XyZ\r"]
+    body = b"".join(_part("images", p) for p in photos) + b"--XyZ--\r\n"
+    check = PartsCheck(b"XyZ", route)
+    for i in range(0, len(body), chunk):
+        check.feed(body[i:i + chunk])
+    assert check.finish() == 3 and check.files == photos

@@ -15,16 +15,6 @@ def _img(mode="RGB", size=(60, 50), fmt="JPEG", **kw) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def client(served_models):
-    from starlette.testclient import TestClient
-
-    from service.service import asgi
-
-    with TestClient(asgi()) as c:
-        yield c
-
-
 def _post(client, data: bytes, field="image", ctype="image/jpeg", name="face.jpg"):
     return client.post("/predict", files={field: (name, data, ctype)})
 
