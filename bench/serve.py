@@ -11,8 +11,9 @@ speed drifts by +-20 % between minutes):
 1. raw forward: the model call of each service (decode excluded) on one photo, in-process: the old
    one as it was (two float32 NCHW batch-1 calls per model), the new one through the policy;
 2. latency at concurrency 1: p50 / p99 of POST /predict;
-3. throughput at concurrency 1 and 32 (median of `--rounds` rounds, old and new alternating; a c=32
-   round is `--load` requests, so that its ramp-up and drain are a small part of it), and at 32 the
+3. throughput at concurrency 1 and 32 (keep-alive connections from one asyncio client: servers.load;
+   median of `--rounds` rounds, old and new alternating; a c=32 round is `--load` requests, so that
+   its ramp-up and drain are a small part of it), and at 32 the
    server's CPU per request (its workers and decoder processes apart, from /proc) against the new
    model call's CPU per photo in a batch of 16 (issue 26: at most 1.5x), and the batches it formed;
 4. the face step: decode + crop of a ~1 MP JPEG with and without finding the face (this tree).
@@ -34,19 +35,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from servers import ROOT, baseline_store, batch_sizes, export_commit, serve, server_cpu_s, stop
+from servers import ROOT, baseline_store, batch_sizes, export_commit, load, serve, server_cpu_s, stop
 
 EXAMPLE = ROOT / "service" / "example.jpg"
 SCUT_PHOTO = ROOT.parent / "shared" / "data" / "facescore" / "images" / "ftw101.jpg"   # 350 x 350
 PHOTO = SCUT_PHOTO if SCUT_PHOTO.is_file() else EXAMPLE
 LOAD = 1280                   # requests per c=32 round (~3-6 s here)
-BATCH = 16                    # photos per model call that a worker's batch at concurrency 32 holds, about
+BATCH = 16                    # photos per model call: the forward's cost where batching pays in full
 BASELINE = "141ddb7"          # the commit before the speed work (issue 12; fp32 NCHW, 2 batch-1 calls, no guard)
 
 
@@ -179,22 +178,17 @@ def requester(url: str, photo: Path):
 
 def throughput(url: str, photo: Path, concurrency: int, requests: int, proc: subprocess.Popen | None = None
                ) -> tuple[float, dict[str, float]]:
-    """Requests per second with `concurrency` clients, each sending its next request on answer ->
-    (req/s, the server's CPU ms per request by kind of process (servers.server_cpu_s), over the
-    same requests)."""
-    local = threading.local()
-
-    def one(_):
-        if not hasattr(local, "send"):
-            local.send = requester(url, photo)
-        return local.send()
-
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(one, range(min(requests, 4 * concurrency))))          # warm-up
-        cpu0, t0 = server_cpu_s(proc) if proc else {}, time.perf_counter()
-        list(pool.map(one, range(requests)))
-        seconds, cpu1 = time.perf_counter() - t0, server_cpu_s(proc) if proc else {}
-        return requests / seconds, {k: (cpu1[k] - cpu0[k]) / requests * 1000 for k in cpu1}
+    """Requests per second with `concurrency` keep-alive connections, each sending its next request
+    on answer (servers.load) -> (req/s, the server's CPU ms per request by kind of process
+    (servers.server_cpu_s), over the same requests)."""
+    body, ctype = multipart(photo)
+    raw = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+           f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    load(url, raw, concurrency, min(requests, 4 * concurrency))                      # warm-up
+    cpu0, t0 = server_cpu_s(proc) if proc else {}, time.perf_counter()
+    load(url, raw, concurrency, requests)
+    seconds, cpu1 = time.perf_counter() - t0, server_cpu_s(proc) if proc else {}
+    return requests / seconds, {k: (cpu1[k] - cpu0[k]) / requests * 1000 for k in cpu1}
 
 
 def report(photo: Path, ref: str, policy, lat: dict, rps: dict, rounds: int) -> None:
@@ -241,17 +235,24 @@ def main() -> None:
             for k, cwd, home in services:
                 procs[k], urls[k] = serve(cwd, home)
             lat = side_by_side(urls, args.photo, forwards, args.requests)
-            before = batch_sizes(urls["new"])
-            runs = [{k: {c: throughput(u, args.photo, c, args.load if c == 32 else args.requests, procs[k])
-                         for c in (1, 32)} for k, u in urls.items()} for _ in range(args.rounds)]
-            after = batch_sizes(urls["new"])
-            mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
+            runs, batches = [], [0.0, 0.0]                  # the new service's photos and model calls at c=32
+            for _ in range(args.rounds):
+                runs.append({k: {} for k in urls})
+                for k, u in urls.items():
+                    runs[-1][k][1] = throughput(u, args.photo, 1, args.requests, procs[k])
+                    before = batch_sizes(u) if k == "new" else (0.0, 0.0)
+                    runs[-1][k][32] = throughput(u, args.photo, 32, args.load, procs[k])
+                    if k == "new":
+                        batches = [b + a - x for b, a, x in zip(batches, batch_sizes(u), before, strict=True)]
+            mean_batch = batches[0] / max(batches[1], 1)
         finally:
             stop(procs.values())
     rps = {k: {c: statistics.median(r[k][c][0] for r in runs) for c in (1, 32)} for k in urls}
     cpu = {k: {kind: statistics.median(r[k][32][1][kind] for r in runs) for kind in ("workers", "decoders")}
            for k in urls}
     report(args.photo, args.baseline, policy, lat, rps, args.rounds)
+    if "old" in urls:                       # this VM's speed drifts between rounds: show the spread
+        print("c=32 new/old by round: " + " ".join(f"{r['new'][32][0] / r['old'][32][0]:.2f}x" for r in runs))
     for k, c in cpu.items():
         total = c["workers"] + c["decoders"]
         print(f"{k}: server CPU per request at c=32 {total:.2f} ms (workers {c['workers']:.2f} + decoder processes "

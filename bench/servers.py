@@ -5,6 +5,7 @@ Used by bench/serve.py (this tree against an older commit) and docs/pictures.py 
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -96,6 +97,47 @@ def batch_sizes(url: str) -> tuple[float, float]:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     return tuple(sum(float(v) for v in re.findall(rf"^faces_predict_batch_size_{part}(?:{{[^}}]*}})? (\S+)$", text, re.M))
                  for part in ("sum", "count"))  # type: ignore[return-value]
+
+
+def load(url: str, raw: bytes, concurrency: int, n: int) -> None:
+    """Sends the ready-made HTTP request `raw` n times over `concurrency` keep-alive connections, each
+    sending its next request as soon as its answer is read: asyncio in one thread, so that all of
+    them are in flight all the time (32 threads with http.client held the GIL in turns: fewer
+    requests were in flight, and the client took more of the cores it shares with the server).
+    Raises RuntimeError on an answer that is not a 200."""
+    port = int(url.rsplit(":", 1)[1])
+
+    async def connection(left: list[int]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while left[0] > 0:
+                left[0] -= 1
+                writer.write(raw)
+                status, body = await answer(reader)
+                if status != 200:
+                    raise RuntimeError(f"answered {status}: {body[:200]!r}")
+        finally:
+            writer.close()
+
+    async def run() -> None:
+        left = [n]
+        await asyncio.gather(*(connection(left) for _ in range(min(concurrency, n))))
+    asyncio.run(run())
+
+
+async def answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One HTTP/1.1 answer: its status and body (Content-Length, or chunked: BentoML streams some)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])}
+    if b"content-length" in fields:
+        body = await reader.readexactly(int(fields[b"content-length"]))
+    else:
+        chunks = []
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            chunks.append((await reader.readexactly(size + 2))[:-2])
+        await reader.readuntil(b"\r\n")                      # the last chunk's empty trailer
+        body = b"".join(chunks)
+    return int(head.split(b" ", 2)[1]), body
 
 
 def stop(procs, grace_s: float = 30.0) -> None:

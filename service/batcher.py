@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from service.handoff import Threads
 
 
 class Batcher:
@@ -36,9 +37,9 @@ class Batcher:
         self.forward, self.max_batch, self.on_batch = forward, max_batch, on_batch
         self._queue: list[tuple[Any, asyncio.Future, object]] = []   # (input, its future, its call)
         self._drainer: asyncio.Task | None = None          # a reference keeps the task alive
-        # one long-lived model thread: cheaper to hand work to than anyio's pool, and torch's
-        # per-thread settings (number of intra-op threads) hold for every batch
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        # one long-lived model thread (service/handoff.py): cheaper to hand work to than anyio's pool
+        # or an executor, and torch's per-thread settings (number of intra-op threads) hold for every batch
+        self._thread = Threads(1, "model")
 
     async def run(self, items: Sequence) -> list:
         """Queues `items` (kept together where they fit one batch) and waits for their outputs.
@@ -79,8 +80,7 @@ class Batcher:
                 if self.on_batch is not None:
                     self.on_batch(len(batch))
                 try:
-                    outputs = await asyncio.get_running_loop().run_in_executor(
-                        self._thread, self.forward, [x for x, _, _ in batch])
+                    outputs = await self._thread.run(self.forward, [x for x, _, _ in batch])
                     if len(outputs) != len(batch):
                         raise RuntimeError(f"forward gave {len(outputs)} outputs for {len(batch)} inputs")
                 except Exception as e:  # noqa: BLE001 - the error belongs to the calls in this batch

@@ -31,12 +31,12 @@ import select
 import struct
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.preprocess import Framed, ImageError
+from service.handoff import Threads
 
 POLL_S = 0.02
 GRACE_S = 0.25           # a decode goes on this long after its client left, then its child is killed,
@@ -106,21 +106,18 @@ class _Child:
 
 
 class _Job:
-    """One photo for a decode thread; `stopped` is set from the event loop when its client left (a
-    plain attribute: a threading.Event per photo cost more than the rest of the hand-over)."""
+    """One photo's stop flag, set from the event loop when its client left and read by its decode
+    thread (a plain attribute: a threading.Event per photo cost more than the rest of the hand-over)."""
 
-    __slots__ = ("data", "budget_s", "stopped", "loop", "future")
+    __slots__ = ("stopped",)
 
-    def __init__(self, data: bytes, budget_s: float, loop: asyncio.AbstractEventLoop, future: asyncio.Future):
-        self.data, self.budget_s, self.stopped, self.loop, self.future = data, budget_s, False, loop, future
+    def __init__(self) -> None:
+        self.stopped = False
 
 
 class DecodePool:
     """`await pool.frame(data, budget_s)` -> Decoded; raises pipeline's ImageError or DecodeRefused.
-
-    One thread per child takes photos from a queue and hands each answer back to the event loop with
-    call_soon_threadsafe: no executor future per photo (run_in_executor's hand-over cost a tenth of
-    a worker's event loop at concurrency 32)."""
+    One thread per child (service/handoff.py) waits for the child's answers."""
 
     def __init__(self, n: int, setup: dict, wall_s: float = 10.0, max_rss_mb: float = 600.0, on_kill=None):
         self.setup, self.wall_s, self.max_rss_mb = setup, wall_s, max_rss_mb
@@ -128,31 +125,16 @@ class DecodePool:
         self.idle: queue.Queue[_Child] = queue.Queue()
         for _ in range(n):
             self.idle.put(_Child(setup))
-        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self.threads = [threading.Thread(target=self._serve, name=f"decode-{i}", daemon=True) for i in range(n)]
-        for t in self.threads:
-            t.start()
+        self.threads = Threads(n, "decode")
         self.killed = 0                                   # children stopped (budget, hang-up, wall)
 
     async def frame(self, data: bytes, budget_s: float) -> Decoded:
-        loop = asyncio.get_running_loop()
-        job = _Job(data, budget_s, loop, loop.create_future())
-        self.jobs.put(job)
+        job = _Job()
         try:
-            return await job.future
+            return await self.threads.run(self._run, data, budget_s, job)
         except asyncio.CancelledError:       # the client left: stop the decode, not just stop waiting
-            job.stopped = True                 # (a job still queued never starts)
+            job.stopped = True                 # (a photo still queued never starts)
             raise
-
-    def _serve(self) -> None:
-        """A decode thread: photos from the queue, each answer (or error) back to its event loop."""
-        while (job := self.jobs.get()) is not None:
-            try:
-                result, error = self._run(job.data, job.budget_s, job), None
-            except Exception as e:  # noqa: BLE001 - handed to the awaiting request
-                result, error = None, e
-            with contextlib.suppress(RuntimeError):        # its event loop has closed: nobody waits
-                job.loop.call_soon_threadsafe(_deliver, job.future, result, error)
 
     def _run(self, data: bytes, budget_s: float, stop: _Job) -> Decoded:
         if stop.stopped:                       # its client left while it queued
@@ -202,20 +184,9 @@ class DecodePool:
         return _Child(self.setup)
 
     def close(self) -> None:
-        for _ in self.threads:
-            self.jobs.put(None)
+        self.threads.close()
         while not self.idle.empty():
             self.idle.get().kill()
-
-
-def _deliver(future: asyncio.Future, result: Decoded | None, error: Exception | None) -> None:
-    """On the event loop: the decode's outcome, unless its request was cancelled meanwhile."""
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 def give_memory_back() -> None:

@@ -44,8 +44,11 @@ class UploadGuard:
 
     def __init__(self, app, routes: dict[str, Route], max_inflight: int, retry_after_s: int,
                  read_timeout_s: float = 15.0, max_reading: int = 256, max_buffered_mb: float = 256,
-                 metrics=None, idle=None):
+                 metrics=None, idle=None, photos_only: bool = False):
         self.app, self.routes, self.max_inflight = app, routes, max_inflight
+        # multipart routes hand on their checked files only (scope[PHOTOS]) and replay an empty body:
+        # the service answers from the files (service/direct.py), so a body is held once, not twice
+        self.photos_only = photos_only
         self.read_timeout, self.max_reading = read_timeout_s, max_reading
         self.max_buffered = int(max_buffered_mb * 2**20)
         self.retry_after = str(retry_after_s).encode()
@@ -112,11 +115,12 @@ class UploadGuard:
         body is read); one still arriving after SLOW_AFTER_S stops counting (`slow[0]` is set): a
         slow sender then costs a `reading` count and its bytes, bounded by `read_timeout_s`,
         `max_reading` and `max_buffered_mb` (all bodies being read, per worker), never a model slot."""
-        body = bytearray()
+        body, size = bytearray(), 0
         loop = asyncio.get_running_loop()
         try:
             boundary = check_headers(scope["headers"], route)
             parts = PartsCheck(boundary, route) if route.field is not None else None
+            keep = parts is None or not self.photos_only
             start = loop.time()
             deadline = start + self.read_timeout
             while True:
@@ -135,12 +139,14 @@ class UploadGuard:
                     await self._client_gone(send)
                     return None
                 chunk = msg.get("body", b"")
-                if len(body) + len(chunk) > route.max_bytes:
+                if size + len(chunk) > route.max_bytes:
                     raise Refused(413, f"request body over the limit of {route.max_bytes} bytes")
                 if self.buffered + len(chunk) > self.max_buffered:
                     raise Refused(503, "server busy receiving other uploads, retry later")
                 self.buffered += len(chunk)
-                body += chunk
+                size += len(chunk)
+                if keep:
+                    body += chunk
                 if parts is not None:
                     parts.feed(chunk)        # parts counted and checked as they stream in
                 if not msg.get("more_body", False):
@@ -156,7 +162,7 @@ class UploadGuard:
             await reply(send, r.status, r.reason, [*extra, (b"connection", b"close")])
             return None
         finally:
-            self.buffered -= len(body)
+            self.buffered -= size
 
     async def _rest(self, pending: asyncio.Future, timeout: float) -> dict:
         """The receive() already waited on, within what is left of the read deadline."""

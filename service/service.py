@@ -277,7 +277,8 @@ Faces.add_asgi_middleware(DocsAnswers, routes={"/predict": PHOTO_ANSWERS,  # typ
 Faces.add_asgi_middleware(UploadGuard, routes=guard_routes(BOUNDS, CONTRACT.image_size),  # type: ignore[attr-defined]
                           max_inflight=BOUNDS.max_inflight, retry_after_s=BOUNDS.retry_after_s,
                           read_timeout_s=BOUNDS.read_timeout_s, max_reading=BOUNDS.max_reading,
-                          max_buffered_mb=BOUNDS.max_buffered_mb, metrics=guard_metrics, idle=give_memory_back)
+                          max_buffered_mb=BOUNDS.max_buffered_mb, metrics=guard_metrics, idle=give_memory_back,
+                          photos_only=True)                               # service/direct.py answers them
 # innermost: the photos the guard checked are answered without BentoML's second parse
 Faces.add_asgi_middleware(direct.Direct, server=f"BentoML Service/{Faces.name}")  # type: ignore[attr-defined]
 # uvicorn's protocol with connection bounds; EarlyShed (outermost) sheds before BentoML's middlewares

@@ -1,4 +1,5 @@
-"""bench/servers.py: a stopped server leaves nothing of its process group running."""
+"""bench/servers.py: a stopped server leaves nothing of its process group running; the load client reads
+every answer whole, and counts only 200s."""
 import subprocess
 import sys
 import time
@@ -6,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from servers import stop  # noqa: E402
+from servers import answer, load, stop  # noqa: E402
 
 
 def _alive(pid: int) -> bool:
@@ -33,3 +34,58 @@ def test_stop_kills_a_group_that_ignores_sigterm_and_the_leftovers_of_one_that_e
     assert stubborn.poll() is not None and leaky.poll() is not None
     time.sleep(0.2)
     assert not _alive(worker)
+
+
+def test_answers_are_read_whole_with_a_length_or_chunked():
+    import asyncio
+
+    async def read(raw: bytes):
+        reader = asyncio.StreamReader()
+        reader.feed_data(raw)
+        reader.feed_eof()
+        return await answer(reader), await reader.read()
+
+    sized = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: x\r\n\r\nhello"
+    chunked = b"HTTP/1.1 422 X\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n[{\"\r\n4;ext=1\r\n}]xy\r\n0\r\n\r\n"
+    assert asyncio.run(read(sized + b"NEXT")) == ((200, b"hello"), b"NEXT")      # nothing of the next one read
+    assert asyncio.run(read(chunked + b"NEXT")) == ((422, b'[{"}]xy'), b"NEXT")
+
+
+def test_the_load_client_sends_n_requests_over_its_connections_and_refuses_a_non_200():
+    import asyncio
+    import contextlib
+    import threading
+
+    import pytest
+
+    seen, conns = [], set()
+
+    async def serve(status: bytes, ready: threading.Event, box: list):
+        async def handle(reader, writer):
+            conns.add(id(writer))
+            while (line := await reader.readline()):
+                if line == b"\r\n":
+                    seen.append(1)
+                    writer.write(b"HTTP/1.1 " + status + b" X\r\nContent-Length: 2\r\n\r\nok")
+            writer.close()
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        box.append((server.sockets[0].getsockname()[1], asyncio.get_running_loop(), server))
+        ready.set()
+        with contextlib.suppress(asyncio.CancelledError):      # closed by the test
+            async with server:
+                await server.serve_forever()
+
+    def start(status: bytes):
+        ready, box = threading.Event(), []
+        threading.Thread(target=asyncio.run, args=(serve(status, ready, box),), daemon=True).start()
+        ready.wait(5)
+        return box[0]
+
+    port, loop, server = start(b"200")
+    load(f"http://127.0.0.1:{port}", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 4, 10)
+    assert len(seen) == 10 and len(conns) == 4
+    loop.call_soon_threadsafe(server.close)
+    port, loop, server = start(b"503")
+    with pytest.raises(RuntimeError, match="503"):
+        load(f"http://127.0.0.1:{port}", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 2, 4)
+    loop.call_soon_threadsafe(server.close)

@@ -304,3 +304,23 @@ def test_the_checked_photos_go_on_in_the_scope_and_the_body_in_one_piece():
     conn = Conn(chunks=[body[:50], body[50:]])
     asyncio.run(_guard(app)(conn.scope, conn.receive, conn.send))
     assert conn.status == 200 and seen == [([b"\xff\xd8jp\r\n--XyZeg"], body)]
+
+
+def test_photos_only_hands_on_the_files_and_never_holds_the_body_twice():
+    from service.requests import PHOTOS
+
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append((scope.get(PHOTOS), (await receive())["body"]))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    body = _part("image", b"\xff\xd8" + b"x" * 3000) + b"--XyZ--\r\n"
+    guard = UploadGuard(app, {"/predict": ROUTE}, max_inflight=2, retry_after_s=1, photos_only=True)
+    conn = Conn(chunks=[body[:1000], body[1000:]])
+    asyncio.run(guard(conn.scope, conn.receive, conn.send))
+    assert conn.status == 200 and seen == [([b"\xff\xd8" + b"x" * 3000], b"")] and guard.buffered == 0
+    big = Conn(chunks=[body[:1000], b"y" * 9500])                          # still counted against the limit
+    asyncio.run(guard(big.scope, big.receive, big.send))
+    assert big.status == 413 and guard.buffered == 0
