@@ -92,7 +92,7 @@ def test_a_child_grown_past_its_memory_bound_is_replaced_after_a_big_photo():
         asyncio.run(pool.frame(_jpeg(), 1.0))
         assert pool.killed == 0                                   # a small photo: not read, not replaced
         got = asyncio.run(pool.frame(_jpeg(2400, 1800), 1.0))     # 4.3 MP > TRIM_PIXELS
-        assert 2400 * 1800 > TRIM_PIXELS and got.pixels == 2400 * 1800 and pool.killed == 1
+        assert TRIM_PIXELS < 2400 * 1800 and got.pixels == 2400 * 1800 and pool.killed == 1
         for _ in range(RSS_EVERY):                                # small ones: read every RSS_EVERY-th
             asyncio.run(pool.frame(_jpeg(), 1.0))
         assert pool.killed == 2
