@@ -194,6 +194,18 @@ def test_refit_on_every_photo_is_what_package_serves_while_evaluate_scores_the_s
         assert served["weights"] == f"refit-{info['sha256'][:12]}"
         metrics = json.loads((repo / f"reports/eval/{task}/metrics.json").read_text())
         assert metrics["registry"]["version"] == int(served["mlflow_version"])
+    if start == "split":       # `make refit-check` on this run: its split-model row is evaluate's score
+        p = subprocess.run([sys.executable, "bench/refit_check.py"], cwd=repo, capture_output=True, text=True,
+                           timeout=600, env=venv_env())
+        assert p.returncode == 0, p.stderr[-3000:]
+        check = json.loads((repo / "reports/refit-check.json").read_text())
+        assert check["refit"]["fraction"] == fraction
+        for task, key in (("gender", "accuracy"), ("rating", "mae")):       # (a tiny run's Pearson may be nan)
+            rows = check["tasks"][task]
+            scored = json.loads((repo / f"reports/eval/{task}/metrics.json").read_text())[key]
+            assert rows["split model (train)"][key] == pytest.approx(scored, abs=1e-4)
+            refit = rows[f"refit from split x{fraction:g} (train + val)"]
+            assert refit["photos"] == sizes["train"] + sizes["val"] and refit["epochs"] >= 1 and key in refit
     p = subprocess.run([sys.executable, "-c", AGREEMENT, "data/synthetic/images"], cwd=repo, capture_output=True,
                        text=True, timeout=300, env=venv_env())
     assert p.returncode == 0, p.stderr[-3000:]
