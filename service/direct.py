@@ -15,6 +15,7 @@ schema, the Python client's and in-process callers' API, and the route when no h
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -83,8 +84,6 @@ class Direct:
 
 
 def _dumps(payload: object) -> bytes:
-    import json
-
     return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 

@@ -5,6 +5,7 @@ import logging
 
 import pytest
 from PIL import Image
+from test_service import _big_png, _gif  # the same odd photos as the service's own 4xx cases
 
 from service import direct
 from service.answers import NoFace
@@ -14,18 +15,6 @@ from service.requests import PHOTOS
 def _img(seed: int = 0, size=(60, 50), fmt="JPEG") -> bytes:
     buf = io.BytesIO()
     Image.effect_noise(size, 40 + seed).convert("RGB").save(buf, fmt)
-    return buf.getvalue()
-
-
-def _gif() -> bytes:
-    buf = io.BytesIO()
-    Image.new("P", (8, 8)).save(buf, "GIF")
-    return buf.getvalue()
-
-
-def _big_png() -> bytes:
-    buf = io.BytesIO()
-    Image.new("L", (1900, 1000)).save(buf, "PNG")
     return buf.getvalue()
 
 

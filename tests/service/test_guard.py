@@ -290,16 +290,20 @@ def test_early_shedding_answers_before_the_app_when_the_guard_would_shed():
     assert conn.status == 503 and conn.headers[b"retry-after"] == b"3" and reached == ["/predict"]
 
 
-def test_the_checked_photos_go_on_in_the_scope_and_the_body_in_one_piece():
+def _photos_app(seen):
+    """An app that records (the photos the guard handed on in the scope, the body it replayed)."""
     from service.requests import PHOTOS
-
-    seen = []
 
     async def app(scope, receive, send):
         seen.append((scope.get(PHOTOS), (await receive())["body"]))
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
+    return app
 
+
+def test_the_checked_photos_go_on_in_the_scope_and_the_body_in_one_piece():
+    seen = []
+    app = _photos_app(seen)
     body = _part("image", b"\xff\xd8jp\r\n--XyZeg") + b"--XyZ--\r\n"
     conn = Conn(chunks=[body[:50], body[50:]])
     asyncio.run(_guard(app)(conn.scope, conn.receive, conn.send))
@@ -307,15 +311,8 @@ def test_the_checked_photos_go_on_in_the_scope_and_the_body_in_one_piece():
 
 
 def test_photos_only_hands_on_the_files_and_never_holds_the_body_twice():
-    from service.requests import PHOTOS
-
     seen = []
-
-    async def app(scope, receive, send):
-        seen.append((scope.get(PHOTOS), (await receive())["body"]))
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"{}"})
-
+    app = _photos_app(seen)
     body = _part("image", b"\xff\xd8" + b"x" * 3000) + b"--XyZ--\r\n"
     guard = UploadGuard(app, {"/predict": ROUTE}, max_inflight=2, retry_after_s=1, photos_only=True)
     conn = Conn(chunks=[body[:1000], body[1000:]])
