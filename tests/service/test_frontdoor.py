@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
 from starlette.routing import Route
 
-from service import frontdoor
+from service import frontdoor, outer
 
 from conftest import free_port
 
@@ -106,7 +106,7 @@ def test_unknown_paths_reach_the_app_as_one_label(port):
     assert out.startswith(b"HTTP/1.1 404")
     _exchange(port, b"GET /echo HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     assert SEEN == ["/echo"]
-    assert frontdoor.route_paths(APP) == (frozenset({"/echo", "/page", "/away"}), ())
+    assert outer.route_paths(APP) == (frozenset({"/echo", "/page", "/away"}), ())
 
 
 def test_redirects_are_relative_and_html_gets_security_headers(port):
@@ -133,12 +133,6 @@ def test_connections_past_the_cap_get_503_and_are_closed(port):
             s.close()
 
 
-@pytest.mark.parametrize("location, expected", [(b"http://evil.example/a?b=1", b"/a?b=1"), (b"//evil.example/a", b"/"),
-                                                (b"/docs", b"/docs"), (b"https://x", b"/")])
-def test_relative(location, expected):
-    assert frontdoor.relative(location) == expected
-
-
 def test_install_makes_frontdoor_uvicorns_default_protocol_around_the_wrapped_app():
     import uvicorn.config
 
@@ -149,14 +143,3 @@ def test_install_makes_frontdoor_uvicorns_default_protocol_around_the_wrapped_ap
         assert frontdoor.outer(APP).app == ("wrapped", APP)
     finally:
         frontdoor.install(*saved)
-
-
-def test_static_files_are_known_one_by_one_not_by_their_prefix(tmp_path):
-    from starlette.routing import Mount
-    from starlette.staticfiles import StaticFiles
-
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "a.css").write_text("x")
-    (tmp_path / "sub" / "b.js").write_text("y")
-    app = Starlette(routes=[Route("/", echo), Mount("/assets", StaticFiles(directory=tmp_path))])
-    assert frontdoor.route_paths(app) == (frozenset({"/", "/assets/a.css", "/assets/sub/b.js"}), ())
