@@ -21,7 +21,7 @@ An ASGI middleware in front of BentoML's handlers for POST /predict, /predict_ba
 Anything refused gets a JSON 4xx `{"error": ...}` with `Connection: close` (the rest of a refused
 body is never read) and one WARNING log line (route, status, reason);
 service/logs.py does the same for BentoML's own 4xx. On every other route, Starlette's plain-text
-404 / 405 become JSON too (`json_routing_errors`).
+404 / 405 become JSON too (service/outer.py `json_routing_errors`).
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+from service.outer import json_routing_errors
 from service.requests import PHOTOS, PartsCheck, Refused, Route, check_headers, normalised
 
 log = logging.getLogger("faces.guard")
@@ -284,30 +285,6 @@ class EarlyShed:
                 and scope["path"] in guard.routes and guard.overloaded()):
             return await guard._shed_one(send, scope["path"])
         return await self.app(scope, receive, send)
-
-
-def json_routing_errors(send):
-    """Starlette's routing answers an unknown path or method with a plain-text 404 / 405; API
-    clients get every error as JSON, so those two become `{"error": ...}` (other headers, such as
-    `Allow`, are kept). Nothing else is touched."""
-    held: dict | None = None
-
-    async def wrapped(msg):
-        nonlocal held
-        if msg["type"] == "http.response.start" and msg["status"] in (404, 405) and dict(
-                msg.get("headers", [])).get(b"content-type", b"").startswith(b"text/plain"):
-            held = msg                                    # answered below, with the body
-            return None
-        if held is None:
-            return await send(msg)
-        if msg.get("more_body", False):
-            return None                                   # the plain-text body is dropped
-        body = json.dumps({"error": "Not Found" if held["status"] == 404 else "Method Not Allowed"}).encode()
-        headers = [(k, v) for k, v in held.get("headers", []) if k not in (b"content-type", b"content-length")]
-        await send({**held, "headers": [*headers, (b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode())]})
-        return await send({"type": "http.response.body", "body": body})
-    return wrapped
 
 
 async def reply(send, status: int, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:

@@ -5,9 +5,12 @@ middlewares, so that they see its rewritten path):
 - a redirect's Location becomes a relative path (Starlette builds it from the Host header);
 - every answer gets X-Content-Type-Options: nosniff, and HTML ones a CSP (unless the page has its
   own), X-Frame-Options and Referrer-Policy.
+And `json_routing_errors`, which service/guard.py applies to every route but the model routes:
+Starlette's plain-text 404 / 405 as JSON.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import httptools
@@ -112,3 +115,27 @@ def _static_files(app, limit: int = 1000) -> list[str] | None:
             if len(out) > limit:
                 return out[:limit]
     return out
+
+
+def json_routing_errors(send):
+    """Starlette's routing answers an unknown path or method with a plain-text 404 / 405; API
+    clients get every error as JSON, so those two become `{"error": ...}` (other headers, such as
+    `Allow`, are kept). Nothing else is touched."""
+    held: dict | None = None
+
+    async def wrapped(msg):
+        nonlocal held
+        if msg["type"] == "http.response.start" and msg["status"] in (404, 405) and dict(
+                msg.get("headers", [])).get(b"content-type", b"").startswith(b"text/plain"):
+            held = msg                                    # answered below, with the body
+            return None
+        if held is None:
+            return await send(msg)
+        if msg.get("more_body", False):
+            return None                                   # the plain-text body is dropped
+        body = json.dumps({"error": "Not Found" if held["status"] == 404 else "Method Not Allowed"}).encode()
+        headers = [(k, v) for k, v in held.get("headers", []) if k not in (b"content-type", b"content-length")]
+        await send({**held, "headers": [*headers, (b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+        return await send({"type": "http.response.body", "body": body})
+    return wrapped
