@@ -14,7 +14,9 @@ Prints the machine's roofline first (bench/roofline.py: the CPU kind and its att
 per network: median ms per step (input, step), steps/s, images/s, achieved GMAC/s (training
 ~ 3x the forward multiply-accumulates: forward, input gradient, weight gradient) and that as a
 fraction of the roofline of the path's precision, the input pipeline's share of a step, and the
-new/old images/s ratio. Target: >= 2.5x for the profile's rating
+new/old images/s ratio. Where the profile trains its first epochs smaller (train.<task>.small_size,
+progressive resizing), a third path `small` times that step too, and the run's training time with it is
+printed as a fraction of all epochs at full size. Target: >= 2.5x for the profile's rating
 net at its batch size (issue 12); input <= 10 % of a step.
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 from pipeline.cli.profile import load_profile
 from pipeline.core import data as data_module
 from pipeline.core.config import load_params
-from pipeline.core.data import Augment, Part, augment, batches
+from pipeline.core.data import Augment, Part, augment, batches, shrink
 from pipeline.core.execution import Execution, resolve
 from pipeline.core.fit import _loss_fns, init_model, train_step
 from pipeline.core.layers import layer_table
@@ -70,10 +72,10 @@ def fake_part(n: int, size: int, seed: int = 0) -> Part:
 class Runner:
     """One network + optimizer + schedule under one policy, stepping through batches of a part."""
 
-    def __init__(self, task, cfg, size: int, policy, part: Part, steps: int, old: bool):
+    def __init__(self, task, cfg, size: int, policy, part: Part, steps: int, old: bool, shrunk: int = 0):
         self.net = init_model(ModelConfig(cfg.arch, cfg.widths, cfg.dropout, size), [task, *cfg.aux_tasks], cfg.seed)
-        self.macs = sum(r.macs for r in layer_table(self.net, size))          # forward, per image
-        self.policy, self.part, self.old, self.batch = policy, part, old, cfg.batch_size
+        self.macs = sum(r.macs for r in layer_table(self.net, shrunk or size))   # forward, per image
+        self.policy, self.part, self.old, self.batch, self.shrunk = policy, part, old, cfg.batch_size, shrunk
         self.losses = _loss_fns(task, cfg)
         self.targets = {h: part.targets(h) for h in self.losses}
         policy.model(self.net).train()
@@ -92,7 +94,7 @@ class Runner:
             except StopIteration:
                 self.it = batches(self.part, self.batch, self.gen)
                 idx, x = next(self.it)
-            x = augment(x, self.aug, self.gen)
+            x = shrink(augment(x, self.aug, self.gen), self.shrunk)     # progressive resizing's early epochs
         t1 = time.perf_counter()
         loss = train_step(self.net, x, {h: t[idx] for h, t in self.targets.items()}, self.losses, self.opt,
                           self.sched, self.policy)
@@ -105,6 +107,9 @@ def bench_net(name: str, task: str, cfg, size: int, execution: Execution, steps:
     part = fake_part(cfg.batch_size * 4, size)             # full batches only: every step is the same shape
     runners = {"old": Runner(task, cfg, size, resolve(Execution("fp32", False), device), part, steps + warmup, True),
                "new": Runner(task, cfg, size, resolve(execution, device), part, steps + warmup, False)}
+    if cfg.small_size:                   # progressive resizing: the early epochs' step, at the smaller side
+        runners["small"] = Runner(task, cfg, size, resolve(execution, device), part, steps + warmup, False,
+                                  cfg.small_size)
     times = {k: [] for k in runners}
     for i in range(warmup + steps):
         for k, r in runners.items():                         # interleaved: old, new, old, new, ...
@@ -119,6 +124,9 @@ def bench_net(name: str, task: str, cfg, size: int, execution: Execution, steps:
                   "images_s": cfg.batch_size / total, "gmacs": 3 * runners[k].macs * cfg.batch_size / step / 1e9,
                   "input_share": inp / total}
     out["ratio"] = out["new"]["images_s"] / out["old"]["images_s"]
+    if "small" in out:               # the run's training time with progressive resizing / all epochs at full size
+        e, k = cfg.epochs, cfg.small_epochs
+        out["progressive"] = (k * out["new"]["images_s"] / out["small"]["images_s"] + e - k) / e
     return out
 
 
@@ -139,18 +147,22 @@ def main() -> None:
     print(f"policy: {policy.describe()}  (old: fp32 nchw, per-image shift)")
     nets = [(f"default {t}", t, getattr(base.train, t), base.ingest.image_size) for t in ("gender", "rating")]
     nets += [(f"{args.profile} {t}", t, getattr(prof.train, t), prof.ingest.image_size) for t in ("gender", "rating")]
-    print(f"{'network':<14} {'batch':>5} {'px':>4} {'path':<4} {'input ms':>9} {'step ms':>9} {'steps/s':>8} "
+    print(f"{'network':<14} {'batch':>5} {'px':>4} {'path':<5} {'input ms':>9} {'step ms':>9} {'steps/s':>8} "
           f"{'img/s':>7} {'GMAC/s':>7} {'% roof':>7} {'input %':>8} {'new/old':>8}")
     for name, task, cfg, size in nets:
         r = bench_net(name, task, cfg, size, execution, args.steps, args.warmup)
-        for k in ("old", "new"):
+        for k in [k for k in ("old", "new", "small") if k in r]:
             m = r[k]
-            ratio = f"{r['ratio']:7.2f}x" if k == "new" else ""
+            ratio = {"new": f"{r['ratio']:7.2f}x", "small": f"{m['images_s'] / r['new']['images_s']:7.2f}x"}.get(k, "")
             peak = roof.peak("fp32" if k == "old" else str(policy.describe()["precision"]))
-            print(f"{name:<14} {r['batch']:>5} {r['size']:>4} {k:<4} {m['input_ms']:9.1f} {m['step_ms']:9.1f} "
+            px = cfg.small_size if k == "small" else r["size"]
+            print(f"{name:<14} {r['batch']:>5} {px:>4} {k:<5} {m['input_ms']:9.1f} {m['step_ms']:9.1f} "
                   f"{m['steps_s']:8.2f} {m['images_s']:7.0f} {m['gmacs']:7.1f} {m['gmacs'] / peak:7.0%} "
                   f"{m['input_share']:8.1%} {ratio:>8}")
-    print("target: profile rating net >= 2.5x images/s; input <= 10 % of a step")
+        if "progressive" in r:
+            print(f"{name:<14} progressive resizing ({cfg.small_size} px for {cfg.small_epochs} of {cfg.epochs} epochs): "
+                  f"{r['progressive']:.2f}x the training time of {cfg.epochs} epochs at {size} px")
+    print("target: profile rating net >= 2.5x images/s; input <= 10 % of a step (small: its images/s / new's)")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,8 @@ class TaskConfig:
     select: Literal["best", "last"]  # weights kept: the epoch best on validation, or the last (a fixed recipe)
     ema: float                     # decay of a moving average of the weights, validated and kept; 0 = off
     val_every: int                 # validate every k-th epoch and the last (k > 1 with select: last only)
+    small_size: int                # progressive resizing: the first small_epochs see batches shrunk to this side (0: off)
+    small_epochs: int              # (the last epoch is always at full size)
     seed: int
     augment: AugmentConfig
 
@@ -227,9 +229,20 @@ def check(p: Params) -> Params:
         if t.val_every < 1 or (t.val_every > 1 and t.select != "last"):
             raise ParamsError(f"train.{task}.val_every: 1, or more with select: last (select: best validates every "
                               f"epoch), got {t.val_every}")
+        _check_small(t, task, p.ingest.image_size)
     if not 0 < p.refit.fraction <= 1 or not 0 < p.refit.lr_scale <= 1:
         raise ParamsError(f"refit: fraction and lr_scale must be in (0, 1], got {p.refit.fraction}, {p.refit.lr_scale}")
     return p
+
+
+def _check_small(t: TaskConfig, task: str, image_size: int) -> None:
+    """Progressive resizing shrinks to a side that still leaves every pooling stage a pixel (8 px) and
+    is below the served size (fit keeps the last epoch at full size whatever small_epochs says, so a
+    short run such as `-S train.rating.epochs=1` needs no other change)."""
+    if t.small_epochs < 0 or (t.small_size and not 8 <= t.small_size < image_size):
+        raise ParamsError(f"train.{task}.small_size / small_epochs: a side from 8 to below ingest.image_size "
+                          f"({image_size}) for 0 or more epochs, or small_size 0 (off), got "
+                          f"{t.small_size} / {t.small_epochs}")
 
 
 def merge(base: dict, over: dict, where: str = "params") -> dict:

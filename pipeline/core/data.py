@@ -111,6 +111,15 @@ def augment(x: torch.Tensor, cfg: Augment, gen: torch.Generator, draw: tuple[int
     return x
 
 
+def shrink(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A model-input batch (B, 3, S, S) -> (B, 3, size, size), antialiased like ingest's resize: the
+    early epochs of progressive resizing (train.<task>.small_size) see the same faces in fewer pixels,
+    at (size / S)^2 of the multiply-accumulates per step. size 0 or S: x itself."""
+    if size in (0, x.shape[-1]):
+        return x
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
 def shift_crop(padded: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, s: int) -> torch.Tensor:
     """Crops image i of a padded batch (B, C, P, P) at offset (dx[i], dy[i]) -> (B, C, s, s), as one
     `gather` over the flattened pixels instead of a Python slice per image (0.65 vs 1.27 ms for 64

@@ -30,7 +30,7 @@ from pipeline.core import distributed
 from pipeline.core import execution as execution_module
 from pipeline.core import model as model_module
 from pipeline.core.config import TaskConfig
-from pipeline.core.data import Augment, Part, augment, batch_indices
+from pipeline.core.data import Augment, Part, augment, batch_indices, shrink
 from pipeline.core.distributed import World
 from pipeline.core.execution import Policy
 from pipeline.core.metrics import MAIN_METRIC, compute_metrics
@@ -117,10 +117,11 @@ def train_step(net, x: torch.Tensor, targets: dict[str, torch.Tensor], losses, o
     return loss.detach()
 
 
-def _train_epoch(net, part, cfg, losses, opt, sched, gen, policy: Policy, desc, ema=None, w: World | None = None
-                 ) -> float:
+def _train_epoch(net, part, cfg, losses, opt, sched, gen, policy: Policy, desc, ema=None, w: World | None = None,
+                 size: int = 0) -> float:
     """One pass over `part` in global batches of cfg.batch_size -> the mean training loss. Under DDP
-    every rank draws the same order and augmentation and trains on its slice of each batch."""
+    every rank draws the same order and augmentation and trains on its slice of each batch. `size`
+    (> 0): the augmented batches are shrunk to that side first (progressive resizing)."""
     w = w or World()
     net.train()
     targets = {h: part.targets(h) for h in losses}
@@ -131,7 +132,7 @@ def _train_epoch(net, part, cfg, losses, opt, sched, gen, policy: Policy, desc, 
     for idx in bar:
         pos, weight = distributed.shard(len(idx), w)
         rows = idx[pos]
-        x = augment(to_tensor(part.images[rows.numpy()]), aug, gen, (len(idx), pos))
+        x = shrink(augment(to_tensor(part.images[rows.numpy()]), aug, gen, (len(idx), pos)), size)
         loss = train_step(net, x, {h: t[rows] for h, t in targets.items()}, losses, opt, sched, policy, ema, weight)
         if weight:
             total += loss.item() * len(rows)
@@ -198,8 +199,9 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, poli
     while state["epoch"] < cfg.epochs and state["bad"] < cfg.patience:
         t0 = time.time()
         epoch = state["epoch"] + 1
+        size = cfg.small_size if epoch <= min(cfg.small_epochs, cfg.epochs - 1) else 0   # small first, never last
         loss = _train_epoch(step_net, parts["train"], cfg, losses, opt, sched, gen, policy, f"{task} epoch {epoch}",
-                            ema, w)
+                            ema, w, size)
         record: dict[str, Any] = {"epoch": epoch, "train_loss": loss, "lr": sched.get_last_lr()[0]}
         metric, key = float("nan"), f"val_{MAIN_METRIC[task]}"
         if val is not None:

@@ -45,7 +45,11 @@ def refit_config(cfg: TaskConfig, n_train: int, n_all: int, rc: RefitConfig) -> 
     `rc.fraction`, at `rc.lr_scale` times its peak learning rate, every epoch run, the last one kept."""
     epochs = cfg.epochs if rc.budget == "epochs" else cfg.epochs * n_train / n_all
     epochs = max(1, round(epochs * rc.fraction))
-    return dataclasses.replace(cfg, epochs=epochs, patience=epochs, select="last", lr=cfg.lr * rc.lr_scale)
+    # progressive resizing: a refit from scratch shrinks the same share of its epochs; a fine-tune of the
+    # split model (already past its small epochs) trains at the served size only
+    small = min(round(cfg.small_epochs * epochs / cfg.epochs), epochs - 1) if rc.start == "scratch" else 0
+    return dataclasses.replace(cfg, epochs=epochs, patience=epochs, select="last", lr=cfg.lr * rc.lr_scale,
+                               small_epochs=small, small_size=cfg.small_size if small else 0)
 
 
 def recipe(bundle: dict) -> tuple[ModelConfig, list[str]]:

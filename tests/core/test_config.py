@@ -39,6 +39,10 @@ def test_repo_params_load_into_frozen_dataclasses():
     (lambda r: r["validate"].update(female_fraction=[0.5]), "expected a list of 2"),
     (lambda r: r["train"]["rating"].update(val_every=2), "train.rating.val_every: 1, or more with select: last"),
     (lambda r: r["train"]["gender"].update(val_every=0), "train.gender.val_every"),
+    (lambda r: r["train"]["gender"].update(small_size=r["ingest"]["image_size"], small_epochs=2),
+     "train.gender.small_size / small_epochs: a side from 8 to below"),
+    (lambda r: r["train"]["gender"].update(small_size=4, small_epochs=2), "a side from 8"),
+    (lambda r: r["train"]["rating"].update(small_size=32, small_epochs=-1), "train.rating.small_size"),
     (lambda r: r["refit"].update(fraction=0), "refit: fraction and lr_scale must be in"),
     (lambda r: r["refit"].update(lr_scale=2), "refit: fraction and lr_scale"),
     (lambda r: r["refit"].update(start="best"), "params.refit.start: 'best' is not one of"),
@@ -46,6 +50,13 @@ def test_repo_params_load_into_frozen_dataclasses():
 def test_bad_params_are_rejected_with_the_key_named(tmp_path, mutate, message):
     with pytest.raises(ParamsError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_params(_write(tmp_path, mutate))
+
+
+def test_progressive_resizing_within_its_bounds_loads_even_past_the_epochs(tmp_path):
+    p = load_params(_write(tmp_path, lambda r: r["train"]["rating"].update(small_size=32, small_epochs=3)))
+    assert (p.train.rating.small_size, p.train.rating.small_epochs) == (32, 3)
+    short = load_params(_write(tmp_path, lambda r: r["train"]["rating"].update(small_size=32, small_epochs=20, epochs=1)))
+    assert short.train.rating.epochs == 1       # a one-epoch smoke run of a profile: fit keeps that epoch full size
 
 
 def test_int_is_accepted_for_float_and_flattening_names_every_leaf(tmp_path):

@@ -1,9 +1,10 @@
-"""pipeline/core/data.py: the batched shift crop, the augmentations and the batches."""
+"""pipeline/core/data.py: the batched shift crop, the augmentations, the shrink and the batches."""
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
-from pipeline.core.data import Augment, Part, augment, batches, shift_crop
+from pipeline.core.data import Augment, Part, augment, batches, shift_crop, shrink
 
 OFF = Augment(flip=False, shift=0.0, brightness=0.0, contrast=0.0)
 
@@ -21,6 +22,17 @@ def test_shift_crop_equals_a_slice_per_image_on_a_real_batch():
     dx, dy = torch.randint(0, 13, (2, 16), generator=g)
     want = torch.stack([padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32] for i in range(16)])
     assert torch.equal(shift_crop(padded, dx, dy, 32), want)
+
+
+def test_shrink_averages_pixels_down_and_leaves_the_full_size_alone():
+    x = torch.zeros(2, 3, 8, 8)
+    x[:, :, :, 4:] = 1.0                                   # left half dark, right half bright
+    small = shrink(x, 4)
+    assert small.shape == (2, 3, 4, 4)
+    # each output pixel averages its neighbourhood (a triangle filter: not one sampled pixel)
+    assert small[0, 0, 0].tolist() == pytest.approx([0.0, 0.125, 0.875, 1.0])
+    assert torch.allclose(shrink(torch.ones(1, 3, 8, 8) * 0.3, 2), torch.tensor(0.3))   # antialiased: means kept
+    assert shrink(x, 0) is x and shrink(x, 8) is x
 
 
 def test_augment_off_is_the_identity_and_flip_mirrors_whole_images():

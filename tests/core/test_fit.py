@@ -100,6 +100,22 @@ def test_val_every_validates_every_kth_and_the_last_epoch_and_trains_the_same_we
         assert torch.equal(v, sparse.best_state[k]), k              # validation changes no weight
 
 
+def test_progressive_resizing_trains_small_first_and_validates_at_full_size(small_parts):
+    cfg = _cfg("rating", epochs=3, small_size=16, small_epochs=2)
+    net, seen = _net(cfg, "rating"), []
+    net.register_forward_pre_hook(lambda m, args: seen.append((m.training, args[0].shape[-1])))
+    res = fit(net, small_parts, "rating", cfg, CPU)
+    trained = [s for t, s in seen if t]
+    per_epoch = len(trained) // 3
+    assert trained == [16] * (2 * per_epoch) + [32] * per_epoch     # two shrunk epochs, then the full size
+    assert {s for t, s in seen if not t} == {32}                    # validation sees what evaluate sees
+    off = fit(_net(cfg, "rating"), small_parts, "rating", dataclasses.replace(cfg, small_size=0, small_epochs=0), CPU)
+    assert res.history[0]["train_loss"] != off.history[0]["train_loss"]
+    seen.clear()
+    fit(net, small_parts, "rating", dataclasses.replace(cfg, epochs=2, small_epochs=5), CPU)   # more than there are
+    assert [s for t, s in seen if t] == [16] * per_epoch + [32] * per_epoch                  # the last: full size
+
+
 def test_early_stopping_stops_after_patience(small_parts):
     cfg = _cfg("gender", epochs=30, patience=2, lr=1e-9)    # nothing improves after epoch 1
     res = fit(_net(cfg, "gender"), small_parts, "gender", cfg, CPU)

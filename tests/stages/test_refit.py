@@ -33,6 +33,17 @@ def test_a_refit_from_the_split_model_is_a_fraction_of_the_budget_at_a_lower_pea
     assert got.lr == pytest.approx(0.0006)
 
 
+@pytest.mark.parametrize("start, small", [("scratch", 10), ("split", 0)])
+def test_a_refit_shrinks_the_same_share_of_its_epochs_from_scratch_and_none_from_the_split_model(start, small):
+    rc = dataclasses.replace(load_params(ROOT / "params.yaml").refit, budget="epochs", start=start, fraction=0.5,
+                             lr_scale=1.0)
+    got = refit_config(_cfg(epochs=40, small_size=64, small_epochs=20), 2307, 3297, rc)
+    assert got.epochs == 20 and got.small_epochs == small and got.small_size == (64 if small else 0)
+    one = refit_config(_cfg(epochs=40, small_size=64, small_epochs=39), 2307, 3297,
+                       dataclasses.replace(rc, fraction=0.05))
+    assert one.epochs == 2 and one.small_epochs == (1 if start == "scratch" else 0)   # the last at full size
+
+
 def test_the_refit_trains_the_network_and_heads_of_the_split_model_not_params():
     from pipeline.core.model import ModelConfig
 
