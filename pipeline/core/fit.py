@@ -202,7 +202,8 @@ def fit(net: nn.Module, parts: dict[str, Part], task: str, cfg: TaskConfig, poli
         size = cfg.small_size if epoch <= min(cfg.small_epochs, cfg.epochs - 1) else 0   # small first, never last
         loss = _train_epoch(step_net, parts["train"], cfg, losses, opt, sched, gen, policy, f"{task} epoch {epoch}",
                             ema, w, size)
-        record: dict[str, Any] = {"epoch": epoch, "train_loss": loss, "lr": sched.get_last_lr()[0]}
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": loss, "lr": sched.get_last_lr()[0],
+                                  "train_px": size or parts["train"].images.shape[1]}   # the curve's jump at the switch
         metric, key = float("nan"), f"val_{MAIN_METRIC[task]}"
         if val is not None:
             record[key] = None                                    # null, not missing: DVC plots need every key

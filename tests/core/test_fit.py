@@ -109,6 +109,7 @@ def test_progressive_resizing_trains_small_first_and_validates_at_full_size(smal
     per_epoch = len(trained) // 3
     assert trained == [16] * (2 * per_epoch) + [32] * per_epoch     # two shrunk epochs, then the full size
     assert {s for t, s in seen if not t} == {32}                    # validation sees what evaluate sees
+    assert [h["train_px"] for h in res.history] == [16, 16, 32]     # in the history and MLflow
     off = fit(_net(cfg, "rating"), small_parts, "rating", dataclasses.replace(cfg, small_size=0, small_epochs=0), CPU)
     assert res.history[0]["train_loss"] != off.history[0]["train_loss"]
     seen.clear()
