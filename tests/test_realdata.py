@@ -54,7 +54,7 @@ def test_the_scut_profile_at_a_small_budget_learns_far_above_chance(real_data, t
     got = {}
     for task, metric in (("gender", "accuracy"), ("rating", "pearson")):
         cfg = dataclasses.replace(getattr(p.train, task), widths=(16, 32, 64, 128), epochs=8, patience=8,
-                                  ema=0.9)
+                                  ema=0.9, small_size=0, small_epochs=0)      # 48 px: nothing to shrink to
         net = init_model(ModelConfig(cfg.arch, cfg.widths, cfg.dropout, 48), [task, *cfg.aux_tasks], cfg.seed)
         net.load_state_dict(fit(net, parts, task, cfg, policy).best_state)
         pred = predict(inference_model(net, task, policy), parts["test"].images, tta_flip=True, policy=policy)

@@ -114,9 +114,15 @@ def augment(x: torch.Tensor, cfg: Augment, gen: torch.Generator, draw: tuple[int
 def shrink(x: torch.Tensor, size: int) -> torch.Tensor:
     """A model-input batch (B, 3, S, S) -> (B, 3, size, size), antialiased like ingest's resize: the
     early epochs of progressive resizing (train.<task>.small_size) see the same faces in fewer pixels,
-    at (size / S)^2 of the multiply-accumulates per step. size 0 or S: x itself."""
+    at (size / S)^2 of the multiply-accumulates per step. size 0 or S: x itself.
+
+    Raises:
+        ValueError: size > S (that would train on upscaled photos; params.yaml refuses it).
+    """
     if size in (0, x.shape[-1]):
         return x
+    if size > x.shape[-1]:
+        raise ValueError(f"shrink: {size} px is larger than the batch's {x.shape[-1]} px")
     return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 

@@ -33,6 +33,8 @@ def test_shrink_averages_pixels_down_and_leaves_the_full_size_alone():
     assert small[0, 0, 0].tolist() == pytest.approx([0.0, 0.125, 0.875, 1.0])
     assert torch.allclose(shrink(torch.ones(1, 3, 8, 8) * 0.3, 2), torch.tensor(0.3))   # antialiased: means kept
     assert shrink(x, 0) is x and shrink(x, 8) is x
+    with pytest.raises(ValueError, match="larger than the batch"):
+        shrink(x, 16)                                       # never an upscale
 
 
 def test_augment_off_is_the_identity_and_flip_mirrors_whole_images():
