@@ -343,11 +343,14 @@ def _version_with_weights(client, name: str, sha256: str):
 
 def champion(params: Params, name: str, artifacts: list[str], dest: Path) -> dict:
     """Downloads the first of `artifacts` that the run behind `name@champion` has into `dest`
-    -> version info, with `artifact` saying which one it was."""
+    -> version info, with `artifact` saying which one it was. Raises LookupError: no champion."""
     setup(params)
     from mlflow import MlflowClient
 
-    mv = MlflowClient().get_model_version_by_alias(name, ALIAS)
+    mv = _alias_version(MlflowClient(), name)
+    if mv is None:                  # e.g. `make estimate` runs (promote false) in a clone that never promoted
+        raise LookupError(f"{name} has no '{ALIAS}' version yet: evaluate names one when evaluate.promote is "
+                          "true and the model is at least as good as the last (make repro)")
     for i, artifact in enumerate(artifacts):
         try:
             run_id, path = _download(mv, name, artifact, dest)

@@ -131,6 +131,13 @@ def test_promote_false_with_no_champion_registers_and_names_no_champion(workdir,
     scored(model, 0.1)
     got = _evaluate(monkeypatch, model, promote=False)
     assert got["version"] == 1 and not got["promoted"] and got["champion_version"] is None
+    # so there is nothing to package: one line that says why (`make estimate` in a fresh clone met a traceback)
+    from pipeline.stages import package
+
+    monkeypatch.setattr(sys, "argv", ["package", "--out", str(workdir / "serving.json")])
+    with pytest.raises(SystemExit, match=r"package: faces-\w+-gender has no 'champion' version yet"):
+        package.main()
+    assert not (workdir / "serving.json").exists()
 
 
 @pytest.mark.slow

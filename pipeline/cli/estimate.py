@@ -4,7 +4,7 @@
     make estimate PROFILE=scut DATA=../shared/data/facescore SEEDS="0 1 2"
 
 Each seed is a different split (`split.seed`: other test photos) and a different initialisation and
-batch order (`train.<task>.seed`), run as a DVC experiment of the profile (so each one is in
+batch order (`train.<task>.seed`), run as a DVC experiment of the profile up to evaluate (so each one is in
 `dvc exp show` and its stages are MLflow runs), with the refit off (the estimate is of the split
 models) and `evaluate.promote: false`: a model trained on one split must not become the champion by
 being re-scored on another split's test photos, some of which it trained on. After each seed the
@@ -63,7 +63,9 @@ def main() -> None:
             sets = profile_overrides(args.profile, args.data or None, sets=[*args.set, *seed_sets(seed)])
         except (OSError, ParamsError) as e:
             sys.exit(f"estimate: {e}")
-        cmd = exp_command(exp_name(f"{Path(args.profile).stem}-seed{seed}"), sets)
+        # up to evaluate: its test metrics are the estimate; param_report and package have nothing to add,
+        # and package would look for a champion that no estimate run may make (promote false)
+        cmd = exp_command(exp_name(f"{Path(args.profile).stem}-seed{seed}"), sets, ["evaluate"])
         print(f"estimate: seed {seed}: {' '.join(cmd)}", flush=True)
         if subprocess.call(cmd) != 0:
             sys.exit(f"estimate: seed {seed} failed; {args.out} has the seeds before it")

@@ -101,9 +101,10 @@ def profile_overrides(profile: str | Path, data: str | None = None,
     return flat_overrides(over)
 
 
-def exp_command(name: str, sets: Sequence[str]) -> list[str]:
-    """`dvc exp run -n <name> -S k=v ...`: one named DVC experiment with these overrides."""
-    return ["dvc", "exp", "run", "-n", name] + [a for s in sets for a in ("-S", s)]
+def exp_command(name: str, sets: Sequence[str], targets: Sequence[str] = ()) -> list[str]:
+    """`dvc exp run -n <name> -S k=v ... [targets]`: one named DVC experiment with these overrides, of the
+    whole pipeline or only what `targets` (stages or foreach groups) need."""
+    return ["dvc", "exp", "run", "-n", name] + [a for s in sets for a in ("-S", s)] + list(targets)
 
 
 def exp_name(stem: str) -> str:

@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -195,7 +196,10 @@ def main() -> None:
 
     params = load_params(args.params)
     with tempfile.TemporaryDirectory() as tmp:
-        summary = {task: package(params, task, Path(tmp)) for task in SERVED}
+        try:
+            summary = {task: package(params, task, Path(tmp)) for task in SERVED}
+        except LookupError as e:
+            sys.exit(f"package: {e}")
     if args.archives:
         export_archives([s["tag"] for s in summary.values()], args.archives)
     write_text(args.out, json.dumps(summary, indent=2) + "\n")

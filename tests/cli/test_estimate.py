@@ -27,3 +27,25 @@ def test_the_headline_metrics_are_read_from_each_tasks_report(tmp_path):
         (tmp_path / "reports/eval" / task).mkdir(parents=True)
         (tmp_path / "reports/eval" / task / "metrics.json").write_text(json.dumps(m))
     assert read_metrics(tmp_path) == {"gender": {"accuracy": 0.9}, "rating": {"pearson": 0.8, "mae": 0.3, "rmse": 0.4}}
+
+
+def test_each_seed_runs_the_pipeline_up_to_evaluate_only(tmp_path, monkeypatch):
+    """param_report and package add nothing to an estimate, and package would look for a champion that
+    no estimate run may make (promote false): a fresh clone's `make estimate` failed there."""
+    import sys
+
+    from pipeline.cli import estimate
+
+    from conftest import ROOT
+
+    test_the_headline_metrics_are_read_from_each_tasks_report(tmp_path)     # each seed's reports
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / "profiles").symlink_to(ROOT / "profiles")
+    calls = []
+    monkeypatch.setattr(estimate.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(sys, "argv", ["estimate", "--profile", "scut", "--data", str(tmp_path), "--seeds", "3", "4"])
+    estimate.main()
+    assert [c[:3] + c[-1:] for c in calls] == [["dvc", "exp", "run", "evaluate"]] * 2
+    assert "split.seed=4" in calls[1] and "evaluate.promote=false" in calls[1]
+    assert json.loads((tmp_path / "reports/estimate.json").read_text())["summary"]["rating_pearson"]["n"] == 2
