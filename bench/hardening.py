@@ -272,10 +272,9 @@ def main() -> None:
     ap.add_argument("--schemathesis", default="", help="path of schemathesis' `st` (make hardening makes one)")
     args = ap.parse_args()
     from serve import serve as start_server  # bench/serve.py: bentoml serve on a free loopback port
+    from servers import use_champions
 
-    serving = json.loads((ROOT / "models" / "serving.json").read_text())
-    for task in ("gender", "rating"):
-        os.environ.setdefault(f"FACES_{task.upper()}_MODEL", serving[task]["tag"])
+    use_champions()
     proc, url = start_server()
     port = int(url.rsplit(":", 1)[1])
     report = {}

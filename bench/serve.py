@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import statistics
 import subprocess
@@ -39,7 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from servers import ROOT, baseline_store, batch_sizes, export_commit, load, serve, server_cpu_s, stop
+from servers import ROOT, baseline_store, batch_sizes, export_commit, load, serve, server_cpu_s, stop, use_champions
 
 EXAMPLE = ROOT / "service" / "example.jpg"
 SCUT_PHOTO = ROOT.parent / "shared" / "data" / "facescore" / "images" / "ftw101.jpg"   # 350 x 350
@@ -217,9 +216,7 @@ def main() -> None:
     ap.add_argument("--baseline", default=BASELINE, help="git commit to compare with; none: this tree only "
                     "(a commit older than the models' metadata refuses them: re-package with its own code)")
     args = ap.parse_args()
-    serving = json.loads((ROOT / "models" / "serving.json").read_text())
-    for task in ("gender", "rating"):
-        os.environ.setdefault(f"FACES_{task.upper()}_MODEL", serving[task]["tag"])
+    use_champions()
     from roofline import measure
 
     roof = measure()

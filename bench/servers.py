@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,18 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def use_champions(root: Path = ROOT) -> None:
+    """Point the service at the champions `make repro` packaged (models/serving.json), unless the env
+    already names models; a fresh clone has none, and gets one line saying what to run, not a traceback."""
+    path = root / "models" / "serving.json"
+    if not path.is_file():
+        raise SystemExit(f"{path.relative_to(root)} is missing: the bench serves the models `make repro` "
+                         "packaged; run `make repro` first (the synthetic default takes a few minutes)")
+    serving = json.loads(path.read_text())
+    for task in ("gender", "rating"):
+        os.environ.setdefault(f"FACES_{task.upper()}_MODEL", serving[task]["tag"])
 
 
 def serve(cwd: Path = ROOT, home: Path | None = None) -> tuple[subprocess.Popen, str]:

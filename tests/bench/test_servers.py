@@ -1,13 +1,17 @@
 """bench/servers.py: a stopped server leaves nothing of its process group running; the load client reads
-every answer whole, and counts only 200s."""
+every answer whole, and counts only 200s; a clone without packaged models gets a one-line exit."""
+import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from servers import answer, load, stop  # noqa: E402
+from servers import answer, load, stop, use_champions  # noqa: E402
 
 
 def _alive(pid: int) -> bool:
@@ -89,3 +93,16 @@ def test_the_load_client_sends_n_requests_over_its_connections_and_refuses_a_non
     with pytest.raises(RuntimeError, match="503"):
         load(f"http://127.0.0.1:{port}", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 2, 4)
     loop.call_soon_threadsafe(server.close)
+
+
+def test_use_champions_says_to_run_repro_in_a_fresh_clone_and_serves_the_packaged_tags(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="run `make repro` first"):
+        use_champions(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "serving.json").write_text(json.dumps({t: {"tag": f"faces-{t}:abc"}
+                                                                  for t in ("gender", "rating")}))
+    monkeypatch.delenv("FACES_GENDER_MODEL", raising=False)
+    monkeypatch.setenv("FACES_RATING_MODEL", "faces-rating:mine")     # the env's choice wins
+    use_champions(tmp_path)
+    assert os.environ["FACES_GENDER_MODEL"] == "faces-gender:abc"
+    assert os.environ["FACES_RATING_MODEL"] == "faces-rating:mine"
