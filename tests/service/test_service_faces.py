@@ -92,7 +92,7 @@ def test_openapi_documents_the_face_box(face_server):
 
 
 def test_demo_page_draws_the_box_where_the_face_is_and_says_no_face(face_server, tmp_path):
-    from conftest import open_demo, submit
+    from demo_page import open_demo, submit
 
     playwright = pytest.importorskip("playwright.sync_api")
     scene, empty = tmp_path / "scene.jpg", tmp_path / "empty.jpg"

@@ -65,7 +65,7 @@ def _histogram(metrics: str, name: str) -> dict:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_demo_page_in_headless_chromium(server, tmp_path):
-    from conftest import open_demo, submit
+    from demo_page import open_demo, submit
 
     playwright = pytest.importorskip("playwright.sync_api")
     from service.service import EXAMPLE_INPUT
