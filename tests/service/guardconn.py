@@ -1,7 +1,10 @@
 """Helpers for the guard's ASGI tests (test_guard.py, test_guard_admission.py): a scripted connection,
-multipart parts, a guard on one route, an app that answers 200."""
+multipart parts, a guard on one route, an app that answers 200, and the autouse fixture both import."""
 import asyncio
 
+import pytest
+
+import service.guard
 from service.guard import UploadGuard
 from service.requests import Route
 
@@ -54,3 +57,13 @@ def ok_app(calls):
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
     return app
+
+
+@pytest.fixture(autouse=True)
+def restore_current_guard():
+    """Every UploadGuard becomes `service.guard.CURRENT`, which the service's EarlyShed reads (one guard
+    per worker process). A test's guard left there, full, made the session's in-process app shed every
+    later request with a 503: each test puts back the one it found."""
+    before = service.guard.CURRENT
+    yield
+    service.guard.CURRENT = before

@@ -3,7 +3,15 @@ is handed (admission and shedding: test_guard_admission.py)."""
 import asyncio
 import json
 
-from guardconn import CTYPE, ROUTE, Conn, guard_of, ok_app, part
+from guardconn import (
+    CTYPE,
+    ROUTE,
+    Conn,
+    guard_of,
+    ok_app,
+    part,
+    restore_current_guard,  # noqa: F401 - autouse: the service's guard stays CURRENT
+)
 
 from service.guard import UploadGuard
 from service.requests import Route

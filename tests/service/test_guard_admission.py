@@ -4,7 +4,14 @@ import asyncio
 import json
 import threading
 
-from guardconn import ROUTE, Conn, guard_of, ok_app, part
+from guardconn import (
+    ROUTE,
+    Conn,
+    guard_of,
+    ok_app,
+    part,
+    restore_current_guard,  # noqa: F401 - autouse: the service's guard stays CURRENT
+)
 
 from service.batcher import Batcher
 from service.guard import UploadGuard
