@@ -147,6 +147,8 @@ def _rank(metric: float) -> float:
 
 def _report(task: str, record: dict, metric: float | None, kept: bool, on_epoch) -> None:
     shown = f"  val {MAIN_METRIC[task]} {metric:.4f}" if metric is not None else ""
+    if metric is not None and math.isnan(metric):   # early (EMA) weights can give every photo one score
+        shown = f"  val {MAIN_METRIC[task]} undefined (the same prediction for every photo; early epochs)"
     print(f"{task} epoch {record['epoch']:3d}  loss {record['train_loss']:.4f}{shown}  ({record['seconds']:.1f} s)"
           + ("  *kept" if kept else ""), flush=True)
     if on_epoch:

@@ -275,3 +275,16 @@ def test_all_nan_validation_keeps_the_first_trained_epoch(small_parts, monkeypat
     cfg = _cfg("rating", epochs=2)
     res = fit(_net(cfg, "rating"), small_parts, "rating", cfg, CPU)
     assert res.best_epoch == 1
+
+
+def test_an_undefined_validation_metric_is_printed_as_such_not_as_nan(capsys):
+    """Early EMA weights can score every validation photo the same: Pearson is then undefined (NaN);
+    the epoch line says so in words instead of an alarming 'val pearson nan'."""
+    from pipeline.core.fit import _report
+
+    record = {"epoch": 4, "train_loss": 0.5, "seconds": 1.0}
+    _report("rating", record, float("nan"), kept=False, on_epoch=None)
+    _report("rating", {**record, "epoch": 5}, 0.6, kept=True, on_epoch=None)
+    nan_line, ok_line = capsys.readouterr().out.splitlines()
+    assert "nan" not in nan_line and "val pearson undefined (the same prediction for every photo" in nan_line
+    assert "val pearson 0.6000" in ok_line and ok_line.endswith("*kept")
