@@ -6,11 +6,12 @@ on the same models, photo and minutes.
 Serves the champions in models/serving.json twice with `bentoml serve` on free loopback ports: from
 this working tree, and from `--baseline` (a git commit, exported with `git archive` to a temp folder,
 with a model store holding the same weights under the metadata keys that commit reads; default: the
-commit before the speed work, issue 12). Then, interleaving old and new request by request (this VM's
+commit before the speed work, issue 12). Then, interleaving old and new block by block (this VM's
 speed drifts by +-20 % between minutes):
 1. raw forward: the model call of each service (decode excluded) on one photo, in-process: the old
-   one as it was (two float32 NCHW batch-1 calls per model), the new one through the policy;
-2. latency at concurrency 1: p50 / p99 of POST /predict;
+   one as it was (two float32 NCHW batch-1 calls per model), the new one as service/forward.py makes it;
+2. latency at concurrency 1: p50 / p99 of POST /predict (`--block` requests to one service, then the
+   other's turn);
 3. throughput at concurrency 1 and 32 (keep-alive connections from one asyncio client: servers.load;
    median of `--rounds` rounds, old and new alternating; a c=32 round is `--load` requests, so that
    its ramp-up and drain are a small part of it), and at 32 the
@@ -52,13 +53,15 @@ def raw_forwards(photo: Path):
     """-> ({"old": fn, "new": fn}, the new policy, MACs per request, the new call's CPU ms per photo in a
     batch of BATCH): the model call each /predict makes (decode excluded) on one photo,
     with the threads of one server worker. old: the pre-policy call (float32 NCHW, the photo and its
-    mirror as two batch-1 calls per model); new: this tree's `predict` under the stored policy."""
+    mirror as two batch-1 calls per model); new: the service's call (service/forward.py: `predict` under
+    the stored policy, the networks at once on one thread each)."""
     import bentoml
     import torch
 
     from pipeline.core.execution import cpu_threads
-    from pipeline.core.model import TaskModel, load_bundle, predict, serving_model
+    from pipeline.core.model import TaskModel, load_bundle, serving_model
     from pipeline.core.preprocess import load_uint8, to_tensor
+    from service.forward import Forward
     from service.service import CONTRACT as limits  # checked (sha256) once, at import
     from service.service import WORKERS
 
@@ -79,17 +82,17 @@ def raw_forwards(photo: Path):
             if limits.tta_flip:
                 m(x.flip(3))
 
+    call = Forward({t: m for t, (m, _) in zip(refs, new, strict=True)}, tuple(refs), new[0][1], limits.tta_flip)
+
     def forward_new() -> None:
-        for m, policy in new:
-            predict(m, pixels, tta_flip=limits.tta_flip, policy=policy)
+        call([pixels[0]])
 
     for _ in range(20):                               # the first calls warm up allocator and caches
         forward_old(), forward_new()
     many = np.repeat(pixels, BATCH, axis=0)           # a worker's batch at c=32 (~16 photos queue per worker)
     t0, n = time.process_time(), 0
-    while time.process_time() - t0 < 2.0:
-        for m, policy in new:
-            predict(m, many, tta_flip=limits.tta_flip, policy=policy)
+    while time.process_time() - t0 < 2.0:          # process time: the side thread's CPU counts too
+        call(list(many))
         n += 1
     batched_ms = (time.process_time() - t0) / n / BATCH * 1000
     return {"old": forward_old, "new": forward_new}, new[0][1], macs, batched_ms
@@ -134,16 +137,21 @@ def face_step(size: int, face, n: int, threads: int) -> tuple[list[float], list[
     return centre, faced
 
 
-def side_by_side(urls: dict[str, str], photo: Path, forwards: dict, n: int) -> dict[str, dict[str, list[float]]]:
-    """n times: one raw forward and one POST /predict of each service, alternating -> ms lists."""
+def side_by_side(urls: dict[str, str], photo: Path, forwards: dict, n: int, block: int) -> dict[str, dict[str, list[float]]]:
+    """n raw forwards and n POST /predict of each service, in blocks of `block` of one kind, the
+    services alternating block by block -> ms lists. Blocks, not single requests: a service answering
+    one caller runs with its caches warm, while alternating every request between two servers and an
+    in-process forward (block 1, the method before) measures each with the other's data in the caches
+    (docs/speed.md: it hid the networks-at-once gain of service/forward.py)."""
     out = {k: {"raw": [], "http": []} for k in urls}
     send = {k: requester(u, photo) for k, u in urls.items()}
-    for _ in range(n):
+    for _ in range(-(-n // block)):
         for k in urls:
-            t0 = time.perf_counter()
-            forwards[k]()
-            out[k]["raw"].append((time.perf_counter() - t0) * 1000)
-            out[k]["http"].append(send[k]())
+            for _ in range(block):
+                t0 = time.perf_counter()
+                forwards[k]()
+                out[k]["raw"].append((time.perf_counter() - t0) * 1000)
+            out[k]["http"].extend(send[k]() for _ in range(block))
     return out
 
 
@@ -211,6 +219,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200, help="requests per latency / c=1 measurement")
     ap.add_argument("--load", type=int, default=LOAD, help="requests per c=32 round: steady state, where the "
                     "ramp-up and the drain (small batches, new connections) are a small part of it")
+    ap.add_argument("--block", type=int, default=20, help="latency: requests to one service before the "
+                    "other's turn (1: alternate every request, as before 2026-12-04's fifth session)")
     ap.add_argument("--rounds", type=int, default=3, help="throughput rounds (c=1, 32 each, old and new); medians")
     ap.add_argument("--photo", type=Path, default=PHOTO, help=f"the JPEG to send (default: {PHOTO.name})")
     ap.add_argument("--baseline", default=BASELINE, help="git commit to compare with; none: this tree only "
@@ -231,7 +241,7 @@ def main() -> None:
                 services.insert(0, ("old", old, baseline_store(Path(tmp) / "home")))
             for k, cwd, home in services:
                 procs[k], urls[k] = serve(cwd, home)
-            lat = side_by_side(urls, args.photo, forwards, args.requests)
+            lat = side_by_side(urls, args.photo, forwards, args.requests, args.block)
             runs, batches = [], [0.0, 0.0]                  # the new service's photos and model calls at c=32
             for _ in range(args.rounds):
                 runs.append({k: {} for k in urls})

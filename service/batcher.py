@@ -69,7 +69,7 @@ class Batcher:
     async def _drain(self) -> None:
         try:
             while self._queue:
-                # a power of two: the model's kernels exist for those shapes only (service.pow2_chunks),
+                # a power of two: the model's kernels exist for those shapes only (service/forward.py pow2_chunks),
                 # and the rest joins what arrives meanwhile instead of running as chunks of 2 and 1,
                 # which cost up to twice as much per photo (bench/serve.py)
                 n = 1 << (min(len(self._queue), self.max_batch).bit_length() - 1)

@@ -21,6 +21,7 @@ import base64
 import binascii
 import dataclasses
 import functools
+import gc
 import logging
 import os
 from pathlib import Path
@@ -32,7 +33,6 @@ from PIL import Image
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from starlette.datastructures import UploadFile
 
-from pipeline.core.model import predict as model_predict
 from pipeline.core.model import serving_model
 from pipeline.core.preprocess import Framed, ImageError
 from pipeline.core.tasks import SERVED
@@ -40,6 +40,7 @@ from service import direct, frontdoor
 from service.answers import FaceBox, ModelVersions, NoFace, Prediction
 from service.batcher import Batcher
 from service.decoder import DecodePool, DecodeRefused, give_memory_back
+from service.forward import Forward
 from service.guard import EarlyShed, UploadGuard
 from service.limits import check_models, guard_routes
 from service.logs import ClientErrorFilter
@@ -105,20 +106,6 @@ def encode_pixels(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a, dtype=np.uint8).tobytes()).decode()
 
 
-def pow2_chunks(n: int) -> list[tuple[int, int]]:
-    """[0, n) as consecutive chunks of descending powers of two (37 -> 32, 4, 1).
-
-    Every distinct batch shape makes torch/oneDNN build and keep kernels and buffers for it: with
-    batches of any size from 1 to 64 a worker grew by ~540 MB before levelling off, with power-of-two
-    shapes it stayed flat (docs/reliability.md). Splitting, unlike padding, wastes no compute."""
-    out, start = [], 0
-    for bit in reversed(range(max(n, 1).bit_length())):
-        if n & (1 << bit):
-            out.append((start, start + (1 << bit)))
-            start += 1 << bit
-    return out
-
-
 def bad_photo(field: str, message: str) -> ValidationError:
     """A 400 shaped like BentoML's own validation errors ({"error", "detail": [{"msg"}]}), for
     problems found after validation (while decoding)."""
@@ -178,7 +165,8 @@ class Faces:
         self.versions["refit"] = all(lb.get("weights", "split").startswith("refit") for lb in labels)
         self.policy.apply()
         self.size, self.tta_flip, self.face = CONTRACT.image_size, CONTRACT.tta_flip, CONTRACT.face
-        self.batcher = Batcher(self._forward, BOUNDS.max_batch, on_batch=BATCH_SIZES.observe)
+        self.forward = Forward(self.models, SERVED, self.policy, self.tta_flip)    # service/forward.py
+        self.batcher = Batcher(self.forward, BOUNDS.max_batch, on_batch=BATCH_SIZES.observe)
         # header, decode, face step and resize run in killable child processes, not on the event
         # loop; the face step's pyramid levels spread over the cores this replica has (a lone
         # photo's face step: 8 ms instead of 11, bench/serve.py); under load the pool bounds it anyway
@@ -189,6 +177,10 @@ class Faces:
         # HTTP photos, once the guard has checked them, are answered by service/direct.py
         direct.answer("/predict", self._score_one)
         direct.answer("/predict_batch", functools.partial(self._score, field="images"))
+        # what the worker holds from here on (modules, BentoML, torch, the models: ~230k objects) out
+        # of the cyclic GC's sight: a full collection under load then scans the requests' objects only,
+        # ~2 ms instead of a 94-132 ms stall of the event loop (docs/speed.md)
+        gc.freeze()
 
     # max_latency_ms = the traffic timeout: BentoML's dispatcher never sheds on its own (its 503 had a
     # generic body, no Retry-After and an ERROR traceback); admission is the guard's (max_inflight)
@@ -197,7 +189,7 @@ class Faces:
         """Photos as base64 pixels (see checked_pixels) -> [P(male), rating] each; concurrent calls
         are merged into one model batch (adaptive batching)."""
         s = self.size
-        return self._forward([np.frombuffer(base64.b64decode(p), np.uint8).reshape(s, s, 3) for p in pixels])
+        return self.forward([np.frombuffer(base64.b64decode(p), np.uint8).reshape(s, s, 3) for p in pixels])
 
     def _result(self, framed: Framed, p_male: float, rating: float) -> Prediction:
         male = p_male >= 0.5
@@ -206,17 +198,6 @@ class Faces:
                        angle=f.angle if f else 0.0, faces_found=framed.faces)
         return Prediction(gender="male" if male else "female", gender_probability=p_male if male else 1 - p_male,
                           rating=rating, face=face, model=ModelVersions(**self.versions))
-
-    def _forward(self, photos: list[np.ndarray]) -> list[list[float]]:
-        """(S, S, 3) uint8 photos -> [P(male), rating] each: the model call of the evaluate stage,
-        run on power-of-two chunks of the batch (see `pow2_chunks`)."""
-        x = np.stack(photos)
-        rows = []
-        for a, b in pow2_chunks(len(x)):
-            cols = [model_predict(self.models[t], x[a:b], tta_flip=self.tta_flip, policy=self.policy)
-                    for t in SERVED]
-            rows.extend(np.stack(cols, axis=1).tolist())
-        return rows
 
     async def _decode(self, photos: list[bytes], field: str) -> list[Framed]:
         """Uploaded files -> decoded, face found (when the models use face crops), cropped and resized

@@ -249,11 +249,10 @@ def test_page_health_and_openapi(client):
     assert asset.status_code == 200 and len(asset.content) > 100_000
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 37, 63, 64])
-def test_model_batches_run_as_power_of_two_chunks_in_order(n):
-    from service.service import pow2_chunks
+def test_the_workers_startup_heap_is_kept_out_of_full_collections(client):
+    """Faces.__init__ ends with gc.freeze(): the ~230k objects a worker holds once its models are loaded
+    are never scanned again, so a full collection under load is ~2 ms, not a 94-132 ms event-loop stall."""
+    import gc
 
-    chunks = pow2_chunks(n)
-    assert [a for a, _ in chunks] == [0, *[b for _, b in chunks[:-1]]] and chunks[-1][1] == n
-    sizes = [b - a for a, b in chunks]
-    assert all(s & (s - 1) == 0 for s in sizes) and sizes == sorted(sizes, reverse=True)
+    assert gc.get_freeze_count() > 10_000
+    assert client.get("/readyz").status_code == 200
