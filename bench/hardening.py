@@ -103,8 +103,7 @@ def fuzz(port: int, server_pid: int, n: int, concurrency: int = 8) -> dict:
     after = set(workers(server_pid))
     return {"requests": len(cases), "statuses": dict(sorted(statuses.items())), "unexpected": bad[:20],
             "n_unexpected": len(bad), "five_xx": sum(v for k, v in statuses.items() if k >= 500),
-            "livez_failures": live_fail, "worker_restarts": len(before ^ after),
-            "uvicorn_plain_400": http_layer,
+            "livez_failures": live_fail, "worker_restarts": len(before ^ after), "uvicorn_plain_400": http_layer,
             "peak_rss_mb": max(peak.values(), default=0.0)}
 
 
@@ -271,11 +270,10 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=30, help="seconds before worker memory is measured again")
     ap.add_argument("--schemathesis", default="", help="path of schemathesis' `st` (make hardening makes one)")
     args = ap.parse_args()
-    from serve import serve as start_server  # bench/serve.py: bentoml serve on a free loopback port
-    from servers import use_champions
+    from servers import serve, use_champions  # bentoml serve on a free loopback port
 
     use_champions()
-    proc, url = start_server()
+    proc, url = serve()
     port = int(url.rsplit(":", 1)[1])
     report = {}
     try:
