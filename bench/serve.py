@@ -145,6 +145,7 @@ def side_by_side(urls: dict[str, str], photo: Path, forwards: dict, n: int, bloc
     (docs/speed.md: it hid the networks-at-once gain of service/forward.py)."""
     out = {k: {"raw": [], "http": []} for k in urls}
     send = {k: requester(u, photo) for k, u in urls.items()}
+    block = max(1, block)
     for _ in range(-(-n // block)):
         for k in urls:
             for _ in range(block):
