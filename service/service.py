@@ -177,7 +177,7 @@ class Faces:
         # HTTP photos, once the guard has checked them, are answered by service/direct.py
         direct.answer("/predict", self._score_one)
         direct.answer("/predict_batch", functools.partial(self._score, field="images"))
-        # what the worker holds from here on (modules, BentoML, torch, the models: ~230k objects) out
+        # everything the worker holds by now (modules, BentoML, torch, the models: ~230k objects) out
         # of the cyclic GC's sight: a full collection under load then scans the requests' objects only,
         # ~2 ms instead of a 94-132 ms stall of the event loop (docs/speed.md)
         gc.freeze()
